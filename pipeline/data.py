@@ -1,0 +1,107 @@
+"""Manifest rows -> MONAI data lists and (cached) datasets, shared by every bundle and the study runner."""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Callable, Mapping, Sequence
+from pathlib import Path
+
+from monai.data import CacheDataset, Dataset, PersistentDataset
+from monai.data.utils import pickle_hashing
+
+from pipeline import CLASS_NAMES
+from pipeline.manifest import ManifestError, load_manifest
+from pipeline.transforms.fmri import TRError, resolve_tr
+
+logger = logging.getLogger(__name__)
+
+DEFAULT_KEYS = {"mri": "image", "fmri": "series"}
+
+
+def manifest_datalist(
+    manifest: str | Path,
+    splits: Sequence[str] | None = ("train",),
+    modalities: Sequence[str] = ("mri", "fmri"),
+    keys: Mapping[str, str] | None = None,
+    labelled: bool = True,
+    missing: str = "drop",
+) -> list[dict]:
+    """MONAI data list of the manifest rows in ``splits`` (``None``: every row).
+
+    Each item has the modality keys (``image`` for the T1, ``series`` for the BOLD run, or as ``keys`` says), ``tr``
+    (seconds, resolved by :func:`~pipeline.transforms.fmri.resolve_tr`), ``label`` (class index, when
+    ``labelled``), ``subject_id`` and ``session_id``.
+
+    Args:
+        manifest: manifest CSV.
+        splits: partitions to read (``split`` column); None reads every row and needs no ``split`` column.
+        modalities: the modalities the model reads.
+        keys: data key per modality (default ``{"mri": "image", "fmri": "series"}``).
+        labelled: the workflow needs diagnoses (training, evaluation).
+        missing: a row lacking a modality the model reads is ``"drop"``-ped (counted in the log) or an ``"error"``.
+
+    Raises:
+        ManifestError: invalid manifest, no ``split`` column when ``splits`` is given, no usable row.
+        TRError: an fMRI run without a usable TR.
+    """
+    keys = {**DEFAULT_KEYS, **(keys or {})}
+    frame = load_manifest(manifest, require_diagnosis=labelled, require=modalities if missing == "error" else ())
+    where = frame.attrs["path"]
+    if splits is not None:
+        if "split" not in frame.columns:
+            raise ManifestError(
+                [
+                    f"{where}: no 'split' column; this workflow reads rows with split in {list(splits)}. "
+                    "Assign folds with `neurofusion split` (it writes one manifest per fold)."
+                ]
+            )
+        frame = frame[frame["split"].isin(splits)]
+    complete = frame[[all(row.get(m, "") for m in modalities) for _, row in frame.iterrows()]]
+    if len(complete) < len(frame):
+        logger.warning(
+            "%s: %d of %d rows lack one of %s and are not used", where, len(frame) - len(complete), len(frame), modalities
+        )
+    if complete.empty:
+        raise ManifestError([f"{where}: no row in splits {splits} has all of {list(modalities)}"])
+    return [_item(row, modalities, keys, labelled, where) for _, row in complete.iterrows()]
+
+
+def _item(row, modalities: Sequence[str], keys: Mapping[str, str], labelled: bool, where: str) -> dict:
+    item = {keys[m]: row[m] for m in modalities}
+    item["subject_id"] = row["subject_id"]
+    item["session_id"] = row.get("session_id", "")
+    if "fmri" in modalities:
+        try:
+            item["tr"] = resolve_tr(row["fmri"], row.get("tr"))
+        except TRError as err:
+            raise TRError(f"{where}:{row['line']}: {row['subject_id']}: {err}") from None
+    if labelled:
+        item["label"] = CLASS_NAMES.index(row["diagnosis"])
+    return item
+
+
+def make_dataset(
+    data: Sequence[dict],
+    transform: Callable,
+    cache_rate: float = 1.0,
+    cache_dir: str | Path | None = None,
+    num_workers: int = 0,
+) -> Dataset:
+    """A dataset that caches the deterministic prefix of ``transform``.
+
+    With ``cache_dir`` the cache lives on disk (``PersistentDataset``, keyed by the item and the transform, so
+    a study's folds share it and a changed chain never reads a stale entry); otherwise ``cache_rate`` of the items
+    are cached in memory (``CacheDataset``); ``cache_rate=0`` and no ``cache_dir`` caches nothing.
+
+    Args:
+        data: MONAI data list.
+        transform: the subject chain.
+        cache_rate: fraction cached in memory.
+        cache_dir: folder of a persistent cache.
+        num_workers: threads filling the in-memory cache.
+    """
+    if cache_dir:
+        return PersistentDataset(data, transform, cache_dir=cache_dir, hash_transform=pickle_hashing)
+    if cache_rate > 0:
+        return CacheDataset(data, transform, cache_rate=cache_rate, num_workers=num_workers or None, progress=False)
+    return Dataset(data, transform)

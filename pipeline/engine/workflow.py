@@ -1,0 +1,68 @@
+"""Run a bundle's workflow in this process, as ``python -m monai.bundle run`` would, with its log in a file."""
+
+from __future__ import annotations
+
+import contextlib
+import logging
+from collections.abc import Iterator, Sequence
+from pathlib import Path
+from typing import Any
+
+from monai.bundle import ConfigWorkflow
+
+
+@contextlib.contextmanager
+def log_to_file(path: str | Path) -> Iterator[None]:
+    """Send every log record to ``path`` (and nowhere else) for the duration of the block."""
+    root = logging.getLogger()
+    saved_handlers, saved_level = root.handlers[:], root.level
+    handler = logging.FileHandler(path, encoding="utf8")
+    handler.setFormatter(logging.Formatter("%(asctime)s - %(name)s - %(levelname)s - %(message)s"))
+    root.handlers = [handler]
+    root.setLevel(logging.INFO)
+    # loggers that MONAI/ignite gave their own console handlers stay quiet while the block runs
+    silenced = [lg for lg in logging.Logger.manager.loggerDict.values() if isinstance(lg, logging.Logger) and lg.handlers]
+    saved = {lg: (lg.handlers[:], lg.propagate) for lg in silenced}
+    for lg in silenced:
+        lg.handlers, lg.propagate = [], True
+    try:
+        yield
+    finally:
+        handler.close()
+        root.handlers, root.level = saved_handlers, saved_level
+        for lg, (handlers, propagate) in saved.items():
+            lg.handlers, lg.propagate = handlers, propagate
+
+
+def run_bundle(
+    bundle_dir: str | Path,
+    configs: Sequence[str],
+    workflow_type: str = "train",
+    log_file: str | Path | None = None,
+    **overrides: Any,
+) -> ConfigWorkflow:
+    """Initialise, run and finalise a bundle workflow.
+
+    Args:
+        bundle_dir: the bundle folder.
+        configs: config file names under ``configs/``, merged in order (e.g. ``["train.yaml", "evaluate.yaml"]``).
+        workflow_type: ``"train"`` or ``"infer"`` (MONAI workflow properties to expect).
+        log_file: where the workflow's log goes (None: the bundle's ``logging.conf``).
+        overrides: top-level bundle keys, as on the command line (``epochs=2``).
+    """
+    config_dir = Path(bundle_dir) / "configs"
+    files = [str(config_dir / name) for name in configs]
+    context = log_to_file(log_file) if log_file else contextlib.nullcontext()
+    with context:
+        workflow = ConfigWorkflow(
+            config_file=files,
+            meta_file=str(config_dir / "metadata.json"),
+            logging_file=False if log_file else str(config_dir / "logging.conf"),
+            workflow_type=workflow_type,
+            bundle_root=str(Path(bundle_dir).resolve()),
+            **overrides,
+        )
+        workflow.initialize()
+        workflow.run()
+        workflow.finalize()
+    return workflow

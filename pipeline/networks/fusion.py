@@ -1,0 +1,60 @@
+"""Fused 3DCNN-LSTM classifier: MRI and fMRI embeddings concatenated, then a shared head."""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+
+import torch
+from torch import nn
+
+from pipeline.networks.fmri_rnn import FMRIEncoder
+from pipeline.networks.mri_cnn import MRIEncoder3D
+
+
+class FusionClassifier(nn.Module):
+    """Late fusion of a 3D CNN (T1) and a recurrent network (fMRI ROI series).
+
+    ``forward(image, series)``: the MRI is the first input (``image``), the fMRI sequence the second, so MONAI's
+    ``PrepareBatchExtraInput(extra_keys="series")`` feeds it.
+
+    Args:
+        num_classes: number of diagnoses.
+        mri_channels: channels of the CNN blocks.
+        mri_embed_dim: MRI embedding size.
+        n_rois: ROIs per fMRI time step.
+        fmri_hidden_size: recurrent units.
+        fmri_num_layers: stacked recurrent layers.
+        fmri_cell: ``"lstm"`` or ``"gru"``.
+        fmri_embed_dim: fMRI embedding size.
+        fusion_dim: hidden size of the fused head.
+        dropout: dropout in encoders and head.
+    """
+
+    def __init__(
+        self,
+        num_classes: int = 3,
+        mri_channels: Sequence[int] = (8, 16, 32, 64),
+        mri_embed_dim: int = 64,
+        n_rois: int = 116,
+        fmri_hidden_size: int = 64,
+        fmri_num_layers: int = 1,
+        fmri_cell: str = "lstm",
+        fmri_embed_dim: int = 64,
+        fusion_dim: int = 64,
+        dropout: float = 0.2,
+    ) -> None:
+        super().__init__()
+        self.mri_encoder = MRIEncoder3D(1, mri_channels, mri_embed_dim, dropout)
+        self.fmri_encoder = FMRIEncoder(
+            n_rois, fmri_hidden_size, fmri_num_layers, fmri_cell, False, fmri_embed_dim, dropout
+        )
+        self.head = nn.Sequential(
+            nn.Linear(mri_embed_dim + fmri_embed_dim, fusion_dim),
+            nn.ReLU(),
+            nn.Dropout(dropout),
+            nn.Linear(fusion_dim, num_classes),
+        )
+
+    def forward(self, image: torch.Tensor, series: torch.Tensor) -> torch.Tensor:
+        """``[B, 1, X, Y, Z]`` and ``[B, R, T]`` -> logits ``[B, num_classes]``."""
+        return self.head(torch.cat([self.mri_encoder(image), self.fmri_encoder(series)], dim=1))

@@ -1,0 +1,78 @@
+"""3D CNN encoder and classifier for structural T1 volumes."""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+
+import torch
+from monai.networks.blocks import Convolution
+from torch import nn
+
+
+class MRIEncoder3D(nn.Module):
+    """Stacked 3D convolution blocks (conv - instance norm - PReLU, stride-2 downsampling), global average pooled
+    to an embedding.
+
+    Args:
+        in_channels: input channels (1 for a T1).
+        channels: output channels of each block; every block after the first halves the resolution.
+        embed_dim: size of the embedding.
+        dropout: dropout before the embedding projection.
+    """
+
+    def __init__(
+        self,
+        in_channels: int = 1,
+        channels: Sequence[int] = (8, 16, 32, 64),
+        embed_dim: int = 64,
+        dropout: float = 0.2,
+    ) -> None:
+        super().__init__()
+        blocks = []
+        previous = in_channels
+        for index, width in enumerate(channels):
+            blocks.append(
+                Convolution(
+                    spatial_dims=3,
+                    in_channels=previous,
+                    out_channels=width,
+                    strides=1 if index == 0 else 2,
+                    kernel_size=3,
+                    act="PRELU",
+                    norm="INSTANCE",
+                )
+            )
+            previous = width
+        self.features = nn.Sequential(*blocks)
+        self.pool = nn.AdaptiveAvgPool3d(1)
+        self.project = nn.Sequential(nn.Flatten(), nn.Dropout(dropout), nn.Linear(previous, embed_dim), nn.ReLU())
+        self.embed_dim = embed_dim
+
+    def forward(self, image: torch.Tensor) -> torch.Tensor:
+        """``[B, C, X, Y, Z]`` -> ``[B, embed_dim]``."""
+        return self.project(self.pool(self.features(image)))
+
+
+class MRIClassifier(nn.Module):
+    """3D CNN on a T1 volume -> class logits.
+
+    Args:
+        num_classes: number of diagnoses.
+        in_channels, channels, embed_dim, dropout: see :class:`MRIEncoder3D`.
+    """
+
+    def __init__(
+        self,
+        num_classes: int = 3,
+        in_channels: int = 1,
+        channels: Sequence[int] = (8, 16, 32, 64),
+        embed_dim: int = 64,
+        dropout: float = 0.2,
+    ) -> None:
+        super().__init__()
+        self.encoder = MRIEncoder3D(in_channels, channels, embed_dim, dropout)
+        self.head = nn.Linear(embed_dim, num_classes)
+
+    def forward(self, image: torch.Tensor) -> torch.Tensor:
+        """``[B, C, X, Y, Z]`` -> logits ``[B, num_classes]``."""
+        return self.head(self.encoder(image))

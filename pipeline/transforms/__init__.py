@@ -1,0 +1,85 @@
+"""MONAI transform chains for structural MRI and resting-state fMRI."""
+
+from __future__ import annotations
+
+from collections.abc import Mapping, Sequence
+
+import torch
+from monai.transforms import Compose, EnsureTyped
+
+from pipeline.transforms.fmri import (
+    DEFAULT_FMRI_AUGMENTATION,
+    RandROIDropout,
+    RandROIDropoutd,
+    RandTemporalCrop,
+    RandTemporalCropd,
+    ROISignals,
+    ROISignalsd,
+    TemporalClean,
+    TemporalCleand,
+    TemporalPadOrCrop,
+    TemporalPadOrCropd,
+    TRError,
+    fmri_steps,
+    fmri_transforms,
+    resolve_tr,
+)
+from pipeline.transforms.mri import DEFAULT_MRI_AUGMENTATION, mri_steps, mri_transforms
+
+
+def subject_transforms(
+    modalities: Sequence[str],
+    train: bool = False,
+    augment: bool = False,
+    mri: Mapping | None = None,
+    fmri: Mapping | None = None,
+    keys: Mapping[str, str] | None = None,
+) -> Compose:
+    """The chain of one subject: the MRI and/or fMRI chains, all deterministic steps before any random one.
+
+    Keeping the deterministic steps first lets ``CacheDataset`` / ``PersistentDataset`` cache both modalities'
+    preprocessing while augmentation is drawn anew each epoch.
+
+    Args:
+        modalities: the inputs the model reads: ``["mri"]``, ``["fmri"]`` or ``["mri", "fmri"]``.
+        train: training chain.
+        augment: train-only augmentation on.
+        mri: keyword arguments of :func:`mri_steps` (spatial_size, pixdim, augmentation).
+        fmri: keyword arguments of :func:`fmri_steps` (atlas, timepoints, augmentation, ...).
+        keys: data key per modality (default ``{"mri": "image", "fmri": "series"}``).
+    """
+    unknown = set(modalities) - {"mri", "fmri"}
+    if unknown or not modalities:
+        raise ValueError(f"modalities must be a non-empty subset of ['mri', 'fmri'], got {list(modalities)}")
+    keys = {"mri": "image", "fmri": "series", **(keys or {})}
+    steps = {"mri": mri_steps, "fmri": fmri_steps}
+    options = {"mri": mri or {}, "fmri": fmri or {}}
+    parts = [
+        steps[m](keys=keys[m], train=train, augment=augment, **options[m]) for m in ("mri", "fmri") if m in modalities
+    ]
+    used = [keys[m] for m in ("mri", "fmri") if m in modalities]
+    final = EnsureTyped(keys=used, dtype=torch.float32, track_meta=False)
+    return Compose([t for det, _ in parts for t in det] + [t for _, rand in parts for t in rand] + [final])
+
+
+__all__ = [
+    "DEFAULT_FMRI_AUGMENTATION",
+    "DEFAULT_MRI_AUGMENTATION",
+    "ROISignals",
+    "ROISignalsd",
+    "RandROIDropout",
+    "RandROIDropoutd",
+    "RandTemporalCrop",
+    "RandTemporalCropd",
+    "TRError",
+    "TemporalClean",
+    "TemporalCleand",
+    "TemporalPadOrCrop",
+    "TemporalPadOrCropd",
+    "fmri_steps",
+    "fmri_transforms",
+    "mri_steps",
+    "mri_transforms",
+    "resolve_tr",
+    "subject_transforms",
+]
