@@ -263,6 +263,11 @@ def fold_manifest(
     val_subjects: set[str] = set()
     if val_fraction > 0:
         n_val = max(len(CLASS_NAMES), round(val_fraction * len(rest)))
+        if len(rest) - n_val < len(CLASS_NAMES):
+            raise ValueError(
+                f"repeat {repeat} fold {fold}: {len(rest)} training subjects are too few to carve a stratified "
+                f"validation set of {n_val} and keep one training subject per class; use fewer folds or more subjects"
+            )
         _, val = train_test_split(
             rest, test_size=n_val, stratify=rest["diagnosis"], random_state=seed * 1000 + repeat * 100 + fold
         )

@@ -13,25 +13,23 @@ from monai.bundle import ConfigWorkflow
 
 @contextlib.contextmanager
 def log_to_file(path: str | Path) -> Iterator[None]:
-    """Send every log record to ``path`` (and nowhere else) for the duration of the block."""
+    """Send log records, stdout and stderr to ``path`` (and nowhere else) for the duration of the block.
+
+    MONAI's handlers create their own console loggers when the workflow is parsed, inside the block, so standard
+    streams are redirected too; the caller's progress bar and console stay clean.
+    """
     root = logging.getLogger()
     saved_handlers, saved_level = root.handlers[:], root.level
-    handler = logging.FileHandler(path, encoding="utf8")
-    handler.setFormatter(logging.Formatter("%(asctime)s - %(name)s - %(levelname)s - %(message)s"))
-    root.handlers = [handler]
-    root.setLevel(logging.INFO)
-    # loggers that MONAI/ignite gave their own console handlers stay quiet while the block runs
-    silenced = [lg for lg in logging.Logger.manager.loggerDict.values() if isinstance(lg, logging.Logger) and lg.handlers]
-    saved = {lg: (lg.handlers[:], lg.propagate) for lg in silenced}
-    for lg in silenced:
-        lg.handlers, lg.propagate = [], True
-    try:
-        yield
-    finally:
-        handler.close()
-        root.handlers, root.level = saved_handlers, saved_level
-        for lg, (handlers, propagate) in saved.items():
-            lg.handlers, lg.propagate = handlers, propagate
+    with open(path, "a", encoding="utf8") as stream:
+        handler = logging.StreamHandler(stream)
+        handler.setFormatter(logging.Formatter("%(asctime)s - %(name)s - %(levelname)s - %(message)s"))
+        root.handlers = [handler]
+        root.setLevel(logging.INFO)
+        try:
+            with contextlib.redirect_stdout(stream), contextlib.redirect_stderr(stream):
+                yield
+        finally:
+            root.handlers, root.level = saved_handlers, saved_level
 
 
 def run_bundle(

@@ -213,15 +213,23 @@ class TemporalClean(Transform):
         if filtering and not tr:
             raise TRError("band-pass filtering needs the run's TR")
         array = np.asarray(torch.as_tensor(signals).detach().cpu(), dtype=np.float64).T
-        cleaned = clean(
-            array,
-            detrend=self.detrend,
-            standardize=self.standardize,
-            filter="butterworth" if filtering else False,
-            high_pass=self.high_pass,
-            low_pass=self.low_pass,
-            t_r=float(tr) if tr else None,
-        )
+        try:
+            cleaned = clean(
+                array,
+                detrend=self.detrend,
+                standardize=self.standardize,
+                filter="butterworth" if filtering else False,
+                high_pass=self.high_pass,
+                low_pass=self.low_pass,
+                t_r=float(tr) if tr else None,
+            )
+        except ValueError as err:
+            if "padlen" not in str(err):
+                raise
+            raise ValueError(
+                f"a run of {array.shape[0]} volumes is too short to band-pass filter ({err}); "
+                "use a longer run or disable the filter (high_pass/low_pass: null)"
+            ) from None
         out = torch.from_numpy(np.ascontiguousarray(cleaned.T, dtype=np.float32))
         return MetaTensor(out, meta=dict(signals.meta)) if isinstance(signals, MetaTensor) else out
 

@@ -1,0 +1,71 @@
+"""Shared fixtures: a tiny synthetic BIDS cohort (real MNI anatomy, AAL labels) written once per session."""
+
+from __future__ import annotations
+
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import nibabel as nib
+import pytest
+
+REPO = Path(__file__).resolve().parents[1]
+NIBABEL_DATA = Path(nib.__file__).parent / "tests" / "data"
+
+# bundle keys that make a tiny-profile cohort train in seconds
+TINY_OVERRIDES = {
+    "epochs": 2,
+    "batch_size": 2,
+    "mri_pixdim": [6.0, 6.0, 6.0],
+    "mri_spatial_size": [24, 28, 24],
+    "fmri_timepoints": 32,
+}
+
+
+@pytest.fixture(scope="session")
+def tiny_cohort(tmp_path_factory) -> Path:
+    """12 paired subjects (4 CN / 4 MCI / 4 AD) + 3 MRI-only, tiny profile; returns the cohort folder."""
+    from pipeline.synth import write_cohort
+
+    out = tmp_path_factory.mktemp("cohort") / "bids"
+    write_cohort(out, n_cn=4, n_mci=4, n_ad=4, n_mri_only=3, seed=0, profile="tiny", progress=False)
+    return out
+
+
+@pytest.fixture(scope="session")
+def fold_dir(tiny_cohort, tmp_path_factory) -> Path:
+    """Fold manifests of the paired tiny cohort (2 folds, validation carved from training)."""
+    out = tmp_path_factory.mktemp("folds")
+    from pipeline.cli import main
+
+    assert (
+        main(
+            [
+                "split",
+                str(tiny_cohort / "manifest_paired.csv"),
+                "--folds",
+                "2",
+                "--val-fraction",
+                "0.34",
+                "--out",
+                str(out),
+            ]
+        )
+        == 0
+    )
+    return out
+
+
+def cli_overrides(overrides: dict) -> list[str]:
+    """Bundle overrides as ``python -m monai.bundle run`` arguments."""
+    args = []
+    for key, value in overrides.items():
+        args += [f"--{key}", str(value).replace(" ", "")]
+    return args
+
+
+def run_cli(*args: str, cwd: Path = REPO, timeout: int = 300) -> subprocess.CompletedProcess:
+    """Run a command with this interpreter's environment, capturing output."""
+    env = {**os.environ, "PYTHONWARNINGS": "ignore"}
+    return subprocess.run([sys.executable, *args], cwd=cwd, env=env, capture_output=True, text=True, timeout=timeout)

@@ -1,0 +1,84 @@
+"""Manifest validation: every problem is reported with its file, line and subject."""
+
+from __future__ import annotations
+
+import shutil
+from pathlib import Path
+
+import pytest
+
+from pipeline.manifest import ManifestError, load_manifest, read_manifest, validate_manifest
+from tests.conftest import NIBABEL_DATA
+
+
+def write(path: Path, text: str) -> Path:
+    path.write_text(text)
+    return path
+
+
+@pytest.fixture()
+def images(tmp_path) -> Path:
+    """A folder with a real T1 (nibabel's anatomical.nii) and a real BOLD run (functional.nii)."""
+    shutil.copy(NIBABEL_DATA / "anatomical.nii", tmp_path / "t1.nii")
+    shutil.copy(NIBABEL_DATA / "functional.nii", tmp_path / "bold.nii")
+    return tmp_path
+
+
+def test_valid_manifest_resolves_relative_paths_against_its_folder(images):
+    path = write(images / "m.csv", "subject_id,diagnosis,mri,fmri\nsub-01,CN,t1.nii,bold.nii\n")
+    frame = load_manifest(path, require_diagnosis=True)
+    assert frame.loc[0, "mri"] == str(images / "t1.nii")
+    assert Path(frame.loc[0, "fmri"]).is_file()
+
+
+def test_missing_required_column_is_named(images):
+    path = write(images / "m.csv", "participant,diagnosis,mri\nsub-01,CN,t1.nii\n")
+    with pytest.raises(ManifestError, match="missing required column.*subject_id"):
+        read_manifest(path)
+
+
+def test_unknown_diagnosis_names_line_and_subject(images):
+    path = write(images / "m.csv", "subject_id,diagnosis,mri\nsub-01,CN,t1.nii\nsub-02,Dementia,t1.nii\n")
+    problems = validate_manifest(read_manifest(path))
+    assert len(problems) == 1
+    assert f"{path}:3: sub-02: unknown diagnosis 'Dementia'" in problems[0]
+
+
+def test_duplicate_subject_session_rows_are_reported(images):
+    text = "subject_id,session_id,diagnosis,mri\nsub-01,bl,CN,t1.nii\nsub-01,m12,CN,t1.nii\nsub-01,bl,CN,t1.nii\n"
+    problems = validate_manifest(read_manifest(write(images / "m.csv", text)))
+    assert problems == [f"{images / 'm.csv'}: duplicate subject/session rows on lines 2, 4"]
+
+
+def test_missing_and_unreadable_files_are_reported(images):
+    (images / "broken.nii.gz").write_bytes(b"not a nifti at all")
+    text = "subject_id,diagnosis,mri\nsub-01,CN,absent.nii.gz\nsub-02,AD,broken.nii.gz\n"
+    problems = validate_manifest(read_manifest(write(images / "m.csv", text)))
+    assert "sub-01: mri file not found" in problems[0]
+    assert "sub-02: mri file is not a readable NIfTI" in problems[1]
+
+
+def test_wrong_dimensionality_is_refused(images):
+    text = "subject_id,mri,fmri\nsub-01,bold.nii,t1.nii\n"
+    problems = validate_manifest(read_manifest(write(images / "m.csv", text)))
+    assert any("mri must be a 3D T1 image, got shape (17, 21, 3, 20)" in p for p in problems)
+    assert any("fmri must be a 4D BOLD run" in p for p in problems)
+
+
+def test_subject_in_two_partitions_is_an_error(images):
+    text = "subject_id,session_id,diagnosis,mri,split\nsub-01,bl,CN,t1.nii,train\nsub-01,m12,CN,t1.nii,test\n"
+    with pytest.raises(ManifestError, match="sub-01 is in several partitions"):
+        load_manifest(write(images / "m.csv", text))
+
+
+def test_diagnosis_required_only_when_asked(images):
+    path = write(images / "m.csv", "subject_id,mri\nsub-01,t1.nii\n")
+    assert validate_manifest(read_manifest(path)) == []
+    assert "missing diagnosis" in validate_manifest(read_manifest(path), require_diagnosis=True)[0]
+
+
+def test_bad_tr_is_reported(images):
+    path = write(images / "m.csv", "subject_id,fmri,tr\nsub-01,bold.nii,0\nsub-02,bold.nii,fast\n")
+    problems = validate_manifest(read_manifest(path))
+    assert "tr must be a positive number" in problems[0]
+    assert "tr is not a number" in problems[1]
