@@ -59,7 +59,11 @@ def manifest_datalist(
     complete = frame[[all(row.get(m, "") for m in modalities) for _, row in frame.iterrows()]]
     if len(complete) < len(frame):
         logger.warning(
-            "%s: %d of %d rows lack one of %s and are not used", where, len(frame) - len(complete), len(frame), modalities
+            "%s: %d of %d rows lack one of %s and are not used",
+            where,
+            len(frame) - len(complete),
+            len(frame),
+            modalities,
         )
     if complete.empty:
         raise ManifestError([f"{where}: no row in splits {splits} has all of {list(modalities)}"])
