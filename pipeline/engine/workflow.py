@@ -19,17 +19,24 @@ def log_to_file(path: str | Path) -> Iterator[None]:
     streams are redirected too; the caller's progress bar and console stay clean.
     """
     root = logging.getLogger()
-    saved_handlers, saved_level = root.handlers[:], root.level
+    saved_root = root.handlers[:], root.level
+    # loggers that already own console handlers (MONAI's, ignite's) send their records to the root meanwhile
+    owners = [lg for lg in logging.Logger.manager.loggerDict.values() if isinstance(lg, logging.Logger) and lg.handlers]
+    saved = {lg: (lg.handlers[:], lg.propagate) for lg in owners}
     with open(path, "a", encoding="utf8") as stream:
         handler = logging.StreamHandler(stream)
         handler.setFormatter(logging.Formatter("%(asctime)s - %(name)s - %(levelname)s - %(message)s"))
         root.handlers = [handler]
         root.setLevel(logging.INFO)
+        for lg in owners:
+            lg.handlers, lg.propagate = [], True
         try:
             with contextlib.redirect_stdout(stream), contextlib.redirect_stderr(stream):
                 yield
         finally:
-            root.handlers, root.level = saved_handlers, saved_level
+            root.handlers, root.level = saved_root
+            for lg, (handlers, propagate) in saved.items():
+                lg.handlers, lg.propagate = handlers, propagate
 
 
 def run_bundle(

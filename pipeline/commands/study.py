@@ -1,0 +1,124 @@
+"""Study commands: ``experiment``, ``report``, ``demo``."""
+
+from __future__ import annotations
+
+import argparse
+import time
+from collections.abc import Sequence
+from pathlib import Path
+
+from pipeline.commands import CommandError
+
+REPO_ROOT = Path(__file__).resolve().parents[2]
+PAPER_STUDY = REPO_ROOT / "bundles" / "experiments" / "paper_study.yaml"
+
+
+def _parse_cohort_overrides(items: Sequence[str] | None) -> dict[str, str]:
+    result = {}
+    for item in items or []:
+        name, sep, path = item.partition("=")
+        if not sep or not name or not path:
+            raise CommandError(f"--cohort expects NAME=MANIFEST, got {item!r}")
+        result[name] = path
+    return result
+
+
+def _print_summary(out: Path) -> None:
+    import pandas as pd
+
+    summary = pd.read_csv(out / "summary.csv")
+    columns = ["cohort", "model", "augment", "n_jobs", "accuracy_mean", "balanced_accuracy_mean", "auc_ovr_mean"]
+    print(summary[columns].to_string(index=False, float_format=lambda v: f"{v:.3f}"))
+
+
+def cmd_experiment(args: argparse.Namespace) -> int:
+    from pipeline.study.report import render
+    from pipeline.study.runner import run_study
+    from pipeline.study.spec import load_study
+
+    study = load_study(args.study, _parse_cohort_overrides(args.cohort))
+    missing = run_study(study, args.out, shard=args.shard, progress=not args.quiet)
+    paths = render(args.out)
+    _print_summary(Path(args.out))
+    state = "complete" if not missing else f"{len(missing)} job(s) of other shards still missing"
+    print(f"study {study.name}: {state}; report: {paths['html']}")
+    return 0
+
+
+def cmd_report(args: argparse.Namespace) -> int:
+    from pipeline.study.report import render
+    from pipeline.study.runner import missing_jobs
+
+    paths = render(args.run)
+    _print_summary(Path(args.run))
+    missing = missing_jobs(Path(args.run))
+    if missing:
+        print(f"{len(missing)} planned job(s) not finished, e.g. {missing[0].job_dir}")
+    print(f"report: {paths['html']} and {paths['markdown']}")
+    return 0
+
+
+def cmd_demo(args: argparse.Namespace) -> int:
+    from pipeline.study.report import render
+    from pipeline.study.runner import run_study
+    from pipeline.study.spec import load_study
+    from pipeline.synth import write_cohort
+
+    out = Path(args.out)
+    cohort = out / "cohort"
+    started = time.perf_counter()
+    if not (cohort / "manifest.csv").is_file():
+        print(f"[1/3] synthesising the demo cohort (29 paired + {args.n_mri_only} MRI-only subjects) in {cohort}")
+        write_cohort(cohort, n_mri_only=args.n_mri_only, seed=args.seed, profile="demo", progress=True)
+    else:
+        print(f"[1/3] reusing the synthetic cohort in {cohort}")
+    manifests = {"paired": str(cohort / "manifest_paired.csv"), "mri_only": str(cohort / "manifest_mri_only.csv")}
+    study = load_study(args.study, manifests)
+    print(f"[2/3] running {args.study} ({study.name}) into {out / 'study'}")
+    run_study(study, out / "study", progress=True)
+    paths = render(out / "study")
+    print("[3/3] summary (mean over folds; chance balanced accuracy 0.333):")
+    _print_summary(out / "study")
+    print(f"report: {paths['html']}  (also {paths['markdown']})")
+    print(f"demo finished in {(time.perf_counter() - started) / 60:.1f} min. The cohort is synthetic: see README.")
+    return 0
+
+
+def register(sub) -> None:
+    e = sub.add_parser(
+        "experiment",
+        help="run a study YAML (cross-validated grid of bundles)",
+        description="Run every cohort x model x augmentation x repeat x fold job of a study YAML (see "
+        "bundles/experiments/README.md): train on the fold's training partition (validation carved from it), test on "
+        "the held-out fold, then aggregate into RUN/results.csv, summary.csv, report.md and report.html. Re-running "
+        "skips finished jobs.",
+    )
+    e.add_argument("study", help="study YAML")
+    e.add_argument("--out", required=True, help="run folder (resumed if it exists)")
+    e.add_argument("--shard", help="run only share i of n of the jobs, as i/n with 0 <= i < n (cluster arrays)")
+    e.add_argument("--cohort", action="append", metavar="NAME=MANIFEST", help="replace a cohort's manifest")
+    e.add_argument("--quiet", action="store_true", help="no progress bar")
+    e.set_defaults(func=cmd_experiment)
+
+    r = sub.add_parser(
+        "report",
+        help="re-render the report of a study run",
+        description="Aggregate whatever fold jobs of a study run folder are finished (for example after sharded "
+        "cluster jobs, or while a study is still running), say which planned jobs are missing, and write "
+        "results.csv, predictions.csv, summary.csv, report.md and a self-contained report.html with figures.",
+    )
+    r.add_argument("run", help="run folder of `neurofusion experiment`")
+    r.set_defaults(func=cmd_report)
+
+    d = sub.add_parser(
+        "demo",
+        help="synthetic cohort -> paper study -> report (what `make demo` runs)",
+        description="Synthesise the demo cohort (29 paired subjects, 10 CN / 10 MCI / 9 AD, plus an MRI-only "
+        "cohort), run the paper's study grid on it with cross-validation, print the summary and write the report. "
+        "Re-running resumes.",
+    )
+    d.add_argument("--out", default="runs/demo", help="output folder (default runs/demo)")
+    d.add_argument("--study", default=str(PAPER_STUDY), help="study YAML (default: the paper study)")
+    d.add_argument("--n-mri-only", type=int, default=300, help="size of the MRI-only cohort (default 300)")
+    d.add_argument("--seed", type=int, default=0, help="cohort seed (default 0)")
+    d.set_defaults(func=cmd_demo)
