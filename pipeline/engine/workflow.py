@@ -37,6 +37,14 @@ def log_to_file(path: str | Path) -> Iterator[None]:
             root.handlers, root.level = saved_root
             for lg, (handlers, propagate) in saved.items():
                 lg.handlers, lg.propagate = handlers, propagate
+            _drop_handlers_on(stream)
+
+
+def _drop_handlers_on(stream) -> None:
+    """Remove handlers that loggers created inside the block bound to ``stream``, which is about to close."""
+    for lg in [logging.getLogger(), *logging.Logger.manager.loggerDict.values()]:
+        if isinstance(lg, logging.Logger):
+            lg.handlers = [h for h in lg.handlers if getattr(h, "stream", None) is not stream]
 
 
 def run_bundle(
