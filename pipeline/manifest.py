@@ -26,8 +26,9 @@ from pipeline import CLASS_NAMES
 from pipeline.io import atomic_write_text
 
 REQUIRED_COLUMNS = ("subject_id",)
-OPTIONAL_COLUMNS = ("session_id", "diagnosis", "mri", "fmri", "tr", "split", "age", "sex", "site")
-PATH_COLUMNS = ("mri", "fmri")
+OPTIONAL_COLUMNS = ("session_id", "diagnosis", "mri", "fmri", "tr", "split", "age", "sex", "site", "confounds")
+IMAGE_COLUMNS = ("mri", "fmri")
+PATH_COLUMNS = (*IMAGE_COLUMNS, "confounds")  # resolved against the manifest's folder on read, relative on write
 SPLITS = ("train", "val", "test")
 LINE = "line"  # column added on read: the CSV line of each row, used in every message
 
@@ -118,11 +119,14 @@ def _row_problems(row: pd.Series, columns: Iterable[str], require_diagnosis: boo
                 problems.append(f"tr must be a positive number of seconds, got {tr!r}")
         except ValueError:
             problems.append(f"tr is not a number: {tr!r}")
-    paths = [c for c in PATH_COLUMNS if c in columns and not _blank(row.get(c))]
+    paths = [c for c in IMAGE_COLUMNS if c in columns and not _blank(row.get(c))]
     if not paths:
         problems.append("no image: both mri and fmri are empty")
     if check_files:
         problems += [p for c in paths if (p := _image_problem(row[c], c))]
+        confounds = row.get("confounds", "")
+        if not _blank(confounds) and not Path(confounds).is_file():
+            problems.append(f"confounds file not found: {confounds}")
     return problems
 
 

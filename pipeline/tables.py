@@ -11,7 +11,6 @@ from __future__ import annotations
 import glob
 import itertools
 import json
-import os
 import re
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
@@ -260,14 +259,6 @@ def write_checked(build: ManifestBuild, out: str | Path) -> Path:
     frame[LINE] = np.arange(len(frame)) + 2
     frame.attrs["path"] = str(out)
     problems = validate_manifest(frame)
-    if "confounds" in frame.columns:
-        problems += [
-            f"{out}:{line}: {subject}: confounds file not found: {path}"
-            for subject, path, line in zip(frame["subject_id"], frame["confounds"], frame[LINE])
-            if path and not Path(path).is_file()
-        ]
-        base = out.parent.resolve()
-        frame["confounds"] = [os.path.relpath(p, base) if p else "" for p in frame["confounds"]]
     if problems:
         raise ManifestError(problems)
     write_manifest(frame, out)

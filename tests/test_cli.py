@@ -6,7 +6,7 @@ import pytest
 
 from tests.conftest import run_cli
 
-COMMANDS = ["synth", "manifest check", "split", "roi", "experiment", "report", "demo"]
+COMMANDS = ["synth", "manifest check", "manifest from-bids", "manifest from-table", "split", "roi", "experiment", "report", "demo"]
 
 
 @pytest.mark.parametrize("command", COMMANDS)

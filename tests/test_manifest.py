@@ -82,3 +82,20 @@ def test_bad_tr_is_reported(images):
     problems = validate_manifest(read_manifest(path))
     assert "tr must be a positive number" in problems[0]
     assert "tr is not a number" in problems[1]
+
+
+def test_paths_survive_rewriting_into_another_folder(images):
+    (images / "conf.tsv").write_text("a\tb\n1\t2\n")
+    path = write(images / "m.csv", "subject_id,fmri,confounds\nsub-01,bold.nii,conf.tsv\n")
+    from pipeline.manifest import write_manifest
+
+    write_manifest(read_manifest(path), images / "folds" / "f0" / "m.csv")
+    moved = load_manifest(images / "folds" / "f0" / "m.csv")
+    assert moved.loc[0, "confounds"] == str(images / "conf.tsv")
+    assert moved.loc[0, "fmri"] == str(images / "bold.nii")
+    assert "../../conf.tsv" in (images / "folds" / "f0" / "m.csv").read_text()
+
+
+def test_missing_confounds_file_is_reported(images):
+    path = write(images / "m.csv", "subject_id,fmri,confounds\nsub-01,bold.nii,absent.tsv\n")
+    assert "confounds file not found" in validate_manifest(read_manifest(path))[0]
