@@ -118,6 +118,8 @@ class TemplateSpace:
         lateral_weight: lateral temporal atrophy weight.
         csf_level: T1 intensity of ventricular CSF.
         ventricles: ``(centre_mm, sd_mm)`` pairs of the left and right lateral ventricles.
+        ventricle_push: ``(3, X, Y, Z)`` unit-peak field into the lateral ventricles (see ``_outward_field``).
+        ventricle_push_affine: voxel-to-mm affine of ``ventricle_push``.
         hippocampi: ``(centre_mm, sd_mm)`` of the left and right hippocampus.
         brain_centre: centre (mm) of the brain mask.
         brain_box_mm: ``(lo, hi)`` mm corners of the box holding all nonzero template intensity.
@@ -131,6 +133,8 @@ class TemplateSpace:
     lateral_weight: np.ndarray
     csf_level: float
     ventricles: tuple[tuple[np.ndarray, np.ndarray], ...]
+    ventricle_push: np.ndarray
+    ventricle_push_affine: np.ndarray
     hippocampi: tuple[tuple[np.ndarray, np.ndarray], ...]
     brain_centre: np.ndarray
     brain_box_mm: tuple[np.ndarray, np.ndarray]
@@ -164,7 +168,8 @@ def _lateral_ventricles(t1, brain, shape, affine):
     """Locate the lateral ventricles: dark CSF blobs deep in the brain, left and right of the midline.
 
     Returns:
-        ``(ventricles, csf_level)``: ``(centre_mm, sd_mm)`` per ventricle (left first) and the CSF intensity.
+        ``(ventricles, csf_level, mask)``: ``(centre_mm, sd_mm)`` per ventricle (left first), the CSF intensity
+        and the voxel mask of both ventricles.
     """
     x, y, z = _world_coords(shape, affine)
     central = (np.abs(x) < 35) & (y > -60) & (y < 40) & (z > -5) & (z < 40)
@@ -173,18 +178,42 @@ def _lateral_ventricles(t1, brain, shape, affine):
     csf_level = float(np.median(t1[csf])) if csf.any() else 0.35
     components, n = ndimage.label(csf)
     sizes = ndimage.sum_labels(csf, components, np.arange(1, n + 1))
-    found = []
+    found, mask = [], np.zeros(shape, dtype=bool)
     for k in np.argsort(sizes)[::-1]:
         if sizes[k] * abs(np.linalg.det(affine[:3, :3])) < 1000:  # smaller than 1 ml: not a ventricle
             break
         centre, sd = _blob(components == k + 1, affine)
         if abs(centre[0]) > 5:  # skip the midline fissure / third ventricle
             found.append((centre, sd))
+            mask |= components == k + 1
         if len(found) == 2:
             break
-    if len(found) < 2:  # fallback: typical MNI152 lateral ventricles
-        found = [(np.array([sx * 14.0, -15.0, 15.0]), np.array([9.0, 24.0, 7.0])) for sx in (-1, 1)]
-    return tuple(sorted(found, key=lambda c: c[0][0])), csf_level
+    if len(found) < 2:
+        raise RuntimeError("could not locate the lateral ventricles in the MNI152 template")
+    return tuple(sorted(found, key=lambda c: c[0][0])), csf_level, mask
+
+
+def _outward_field(mask: np.ndarray, affine: np.ndarray, sigma_mm: float = 3.0) -> tuple[np.ndarray, np.ndarray]:
+    """Unit-peak field pointing into a structure, strongest at its wall: the gradient of the smoothed mask.
+
+    Sampling the template at ``q + d * field(q)`` moves the wall outward by about ``d`` mm (enlargement); the field
+    is kept on a box around the structure.
+
+    Returns:
+        ``(field, box_affine)``: field ``(3, X, Y, Z)`` in mm per mm of displacement, and its voxel-to-mm affine.
+    """
+    margin = int(np.ceil(4 * sigma_mm))
+    idx = np.argwhere(mask)
+    start = np.maximum(idx.min(axis=0) - margin, 0)
+    stop = np.minimum(idx.max(axis=0) + margin + 1, mask.shape)
+    box = mask[tuple(slice(a, b) for a, b in zip(start, stop))].astype(np.float32)
+    voxel = np.abs(np.diag(affine)[:3])
+    smooth = ndimage.gaussian_filter(box, sigma_mm / voxel)
+    field = np.stack(np.gradient(smooth, *voxel)).astype(np.float32)
+    field /= float(np.sqrt((field**2).sum(axis=0)).max())
+    box_affine = affine.copy()
+    box_affine[:3, 3] = affine[:3, :3] @ start + affine[:3, 3]
+    return field, box_affine
 
 
 @functools.lru_cache(maxsize=1)
@@ -202,9 +231,11 @@ def _template_raw() -> dict:
     atlas = aal_atlas()
     labels = resample_nearest(np.asarray(atlas.image.dataobj).astype(np.int16), atlas.image.affine, t1.shape,
                               affine)
-    ventricles, csf_level = _lateral_ventricles(t1, brain, t1.shape, affine)
+    ventricles, csf_level, ventricle_mask = _lateral_ventricles(t1, brain, t1.shape, affine)
+    push, push_affine = _outward_field(ventricle_mask, affine)
     return {
         "affine": affine, "t1": t1, "brain": brain, "csf_level": csf_level, "ventricles": ventricles,
+        "ventricle_push": push, "ventricle_push_affine": push_affine,
         "hippocampi": tuple(_blob(labels == atlas.labels[atlas.index_of(f"Hippocampus_{h}")], affine)
                             for h in "LR"),
         "medial": ndimage.gaussian_filter(_region_weights(labels, MEDIAL_TEMPORAL_WEIGHTS), 1.5) * gm,
@@ -236,6 +267,7 @@ def template_space(smooth_mm: float = 0.0) -> TemplateSpace:
     t1, brain, medial, lateral = arrays
     return TemplateSpace(affine=shifted, t1=t1, brain=brain, medial_weight=medial, lateral_weight=lateral,
                          csf_level=raw["csf_level"], ventricles=raw["ventricles"], hippocampi=raw["hippocampi"],
+                         ventricle_push=raw["ventricle_push"], ventricle_push_affine=raw["ventricle_push_affine"],
                          brain_centre=_blob(brain > 0.5, shifted)[0], brain_box_mm=_box_mm(t1 > 1e-4, shifted),
                          atrophy_box_mm=_box_mm((medial > 1e-4) | (lateral > 1e-4), shifted))
 

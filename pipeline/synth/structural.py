@@ -28,7 +28,6 @@ from pipeline.synth.anatomy import (
 SITE_T1 = {"site01": {"noise": (0.015, 0.03), "bias": (0.05, 0.12)},
            "site02": {"noise": (0.025, 0.04), "bias": (0.08, 0.15)}}
 
-_VENTRICLE_REACH = 1.5  # Gaussian radius of the ventricle expansion, in ventricle SDs
 _HIPPOCAMPUS_REACH = 1.2  # Gaussian radius of the hippocampal contraction, in hippocampus SDs
 _T1_SCALE = 1000.0  # stored intensity of white matter before the global gain
 
@@ -41,7 +40,7 @@ class StructuralParams:
         head_scale: per-axis head-size scale factors.
         rotation_deg: rigid rotation (x, y, z Euler angles, degrees) about the brain centre.
         translation_mm: rigid translation (mm).
-        ventricle_expansion: radial expansion of the lateral ventricles (0 = template size).
+        ventricle_expansion: outward displacement of the lateral ventricle walls in mm (0 = template size).
         hippocampal_contraction: local contraction of the hippocampi (0 = none).
         medial_atrophy: fraction of medial temporal grey matter replaced by CSF.
         lateral_atrophy: fraction of lateral temporal grey matter replaced by CSF.
@@ -89,7 +88,7 @@ def sample_structural(rng: np.random.Generator, severity: float, effect: float, 
         rotation_deg=_tuple(rng.uniform(-5.0, 5.0, size=3)),
         translation_mm=_tuple(rng.uniform(-5.0, 5.0, size=3)),
         # normal anatomical variability (class independent) plus the disease change
-        ventricle_expansion=float(np.clip(rng.normal(0.0, 0.08) + 0.3 * dose, -0.4, 0.7)),
+        ventricle_expansion=float(np.clip(rng.normal(0.0, 0.5) + 3.0 * dose, -1.5, 5.0)),
         hippocampal_contraction=float(np.clip(rng.normal(0.0, 0.04) + 0.25 * dose, -0.2, 0.9)),
         medial_atrophy=float(np.clip(0.5 * dose, 0.0, 0.9)),
         lateral_atrophy=float(np.clip(0.45 * max(severity - 0.25, 0.0) / 0.75 * effect, 0.0, 0.8)),
@@ -150,8 +149,15 @@ def _template_coords(params: StructuralParams, ts: TemplateSpace, lin: np.ndarra
     coords = np.empty((3, *(stop - start)), dtype=np.float32)
     for r in range(3):
         coords[r] = to_vox[r, 0] * q[0] + to_vox[r, 1] * q[1] + to_vox[r, 2] * q[2] + to_vox[r, 3]
-    moves = [(centre, sd * _VENTRICLE_REACH, -params.ventricle_expansion) for centre, sd in ts.ventricles]
-    moves += [(centre, sd * _HIPPOCAMPUS_REACH, params.hippocampal_contraction) for centre, sd in ts.hippocampi]
+    if params.ventricle_expansion != 0.0:
+        field_affine = ts.ventricle_push_affine
+        lo = field_affine[:3, 3]
+        hi = lo + np.diag(field_affine)[:3] * (np.array(ts.ventricle_push.shape[1:]) - 1)
+        sub = _box_slices(lin, lo, hi, start, stop)
+        part = coords[(slice(None), *sub)]
+        _push_walls(part, [q[c][sub] for c in range(3)], ts.ventricle_push, field_affine, params.ventricle_expansion,
+                    to_vox)
+    moves = [(centre, sd * _HIPPOCAMPUS_REACH, params.hippocampal_contraction) for centre, sd in ts.hippocampi]
     for centre, radius, amount in moves:
         if amount == 0.0:
             continue
@@ -161,6 +167,23 @@ def _template_coords(params: StructuralParams, ts: TemplateSpace, lin: np.ndarra
         for r in range(3):
             coords[r][sub] += to_vox[r, 0] * u[0] + to_vox[r, 1] * u[1] + to_vox[r, 2] * u[2]
     return coords
+
+
+def _push_walls(coords: np.ndarray, q: list[np.ndarray], field, field_affine, distance_mm: float, to_vox) -> None:
+    """Move a structure's walls outward by about ``distance_mm`` (inward if negative), in place on ``coords``.
+
+    Args:
+        coords: template voxel coordinates being built (3, ...).
+        q: undeformed template mm coordinates of the same voxels.
+        field: unit-peak field into the structure; field_affine its voxel-to-mm affine.
+        distance_mm: wall displacement.
+        to_vox: template mm-to-voxel affine.
+    """
+    to_field = np.linalg.inv(field_affine).astype(np.float32)
+    where = np.stack([sum(to_field[r, c] * q[c] for c in range(3)) + to_field[r, 3] for r in range(3)])
+    shift = [np.float32(distance_mm) * sample_linear(field[c], where) for c in range(3)]
+    for r in range(3):
+        coords[r] += to_vox[r, 0] * shift[0] + to_vox[r, 1] * shift[1] + to_vox[r, 2] * shift[2]
 
 
 def bias_field(coeffs, strength: float, shape, affine: np.ndarray) -> np.ndarray:
