@@ -7,8 +7,10 @@ from torch import nn
 
 
 class FMRIEncoder(nn.Module):
-    """LSTM (or GRU) over time; each step reads the ``R`` ROI values. The embedding is the mean of the top layer's
-    outputs over time concatenated with its last output, so both sustained and final states inform the class.
+    """LSTM (or GRU) over time; each step reads the ``R`` ROI values. The embedding pools the top layer's outputs
+    over time: their mean, their standard deviation and the last output. The standard deviation carries synchrony:
+    when the ROIs a unit weighs fluctuate together (strong coupling, e.g. within the default-mode network) its
+    output swings more than when they drift apart.
 
     Args:
         n_rois: ROIs per time step (116 for AAL).
@@ -43,13 +45,14 @@ class FMRIEncoder(nn.Module):
             dropout=dropout if num_layers > 1 else 0.0,
         )
         width = hidden_size * (2 if bidirectional else 1)
-        self.project = nn.Sequential(nn.Dropout(dropout), nn.Linear(2 * width, embed_dim), nn.ReLU())
+        self.project = nn.Sequential(nn.Dropout(dropout), nn.Linear(3 * width, embed_dim), nn.ReLU())
         self.embed_dim = embed_dim
 
     def forward(self, series: torch.Tensor) -> torch.Tensor:
         """``[B, R, T]`` -> ``[B, embed_dim]``."""
         outputs, _ = self.rnn(series.transpose(1, 2))
-        return self.project(torch.cat([outputs.mean(dim=1), outputs[:, -1]], dim=1))
+        pooled = [outputs.mean(dim=1), outputs.std(dim=1), outputs[:, -1]]
+        return self.project(torch.cat(pooled, dim=1))
 
 
 class FMRIClassifier(nn.Module):
