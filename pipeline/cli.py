@@ -18,6 +18,7 @@ COMMAND_MODULES = (
     "pipeline.commands.data",
     "pipeline.commands.signals",
     "pipeline.commands.study",
+    "pipeline.commands.bench",
 )
 
 
