@@ -3,34 +3,30 @@
 from __future__ import annotations
 
 import json
+import re
 
 import pandas as pd
 import pytest
 
 from pipeline.cli import main
 from pipeline.manifest import ManifestError
-from pipeline.study.runner import plan_jobs, prepare_folds
+from pipeline.study.runner import plan_jobs, prepare_folds, shard_jobs, training_logs
 from pipeline.study.spec import StudyError, load_study
 from tests.conftest import REPO
 
 SMOKE = REPO / "bundles" / "experiments" / "smoke.yaml"
+METRICS = ("accuracy", "balanced_accuracy", "macro_f1", "auc_ovr")
+
+
+def _experiment(cohort, out, *extra: str) -> int:
+    manifest = cohort / "manifest_paired.csv"
+    return main(["experiment", str(SMOKE), "--cohort", f"paired={manifest}", "--out", str(out), "--quiet", *extra])
 
 
 @pytest.fixture(scope="module")
 def study_run(tiny_cohort, tmp_path_factory):
     out = tmp_path_factory.mktemp("study") / "run"
-    status = main(
-        [
-            "experiment",
-            str(SMOKE),
-            "--cohort",
-            f"paired={tiny_cohort / 'manifest_paired.csv'}",
-            "--out",
-            str(out),
-            "--quiet",
-        ]
-    )
-    assert status == 0
+    assert _experiment(tiny_cohort, out, "--bootstrap", "100") == 0
     return out
 
 
@@ -60,33 +56,87 @@ def test_fold_manifests_hold_each_subject_in_one_partition(study_run):
         assert set(frame["split"]) == {"train", "val", "test"}
 
 
-def test_summary_and_self_contained_report(study_run):
+def test_summary_has_fold_and_subject_bootstrap_intervals(study_run):
     summary = pd.read_csv(study_run / "summary.csv")
     assert len(summary) == 6 and (summary["n_jobs"] == 2).all()
+    for metric in METRICS:
+        assert (summary[f"{metric}_ci_low"] <= summary[f"{metric}_mean"] + 1e-9).all()
+        assert (summary[f"{metric}_mean"] <= summary[f"{metric}_ci_high"] + 1e-9).all()
+        assert (summary[f"{metric}_boot_low"] <= summary[f"{metric}_pooled"] + 1e-9).all()
+        assert (summary[f"{metric}_pooled"] <= summary[f"{metric}_boot_high"] + 1e-9).all()
+
+
+def test_comparisons_test_fusion_against_each_single_model_and_augmentation(study_run):
+    comparisons = pd.read_csv(study_run / "comparisons.csv")
+    assert set(comparisons["metric"]) == set(METRICS)
+    primary = comparisons[comparisons["metric"] == "balanced_accuracy"]
+    assert sorted(primary["kind"].value_counts().items()) == [("augmentation", 3), ("fusion_vs_single", 4)]
+    assert (primary["n_splits"] == 2).all()  # 2 folds x 1 repeat, paired by fold and seed
+    assert primary["p"].between(0, 1).all()
+
+
+def test_report_opens_with_the_answers_then_the_summary(study_run):
+    markdown = (study_run / "report.md").read_text()
+    first_screen = markdown[markdown.index("## Answers") : markdown.index("## Summary")]
+    fused = r"\*\*Does augmentation help the fused model on the small paired cohort\?\*\* (Yes|No|Not shown) for "
+    assert re.search(fused + r"mri_fmri_fusion on cohort paired \(12 subjects\)", first_screen)
+    assert "**Does augmentation help the 3D CNN on the large MRI-only cohort?** Not answered" in first_screen
+    assert re.search(r"\| paired +\| chance +\|", markdown)  # chance level beside the summary table
+
+
+def test_html_report_is_self_contained_with_every_figure(study_run):
     html = (study_run / "report.html").read_text()
-    assert html.count("data:image/png;base64,") == 2
-    assert "mri_fmri_fusion" in (study_run / "report.md").read_text()
+    assert html.count('src="data:image/png;base64,') == 4  # fold metrics, confusion, ROC, learning curves
+    assert html.count("src=") == 4 and "href=" not in html
+    assert "mri_fmri_fusion" in html and "Study definition" in html
+
+
+def test_markdown_report_links_figures_written_next_to_it(study_run):
+    markdown = (study_run / "report.md").read_text()
+    links = [line.split("](")[1].rstrip(")") for line in markdown.splitlines() if line.startswith("![")]
+    assert sorted(links) == [f"figures/paired_{k}.png" for k in ("confusion", "folds", "learning_curves", "roc")]
+    assert all((study_run / link).stat().st_size > 1000 for link in links)
+
+
+def test_learning_curves_come_from_every_jobs_training_log(study_run):
+    logs = training_logs(study_run)
+    assert len(logs) == 12 * 2  # 12 jobs x 2 epochs
+    assert {"train_loss", "val_balanced_accuracy"} <= set(logs.columns)
+
+
+def test_environment_section_reports_provenance_of_the_jobs(study_run):
+    markdown = (study_run / "report.md").read_text()
+    environment = markdown[markdown.index("## Environment") :]
+    results = pd.read_csv(study_run / "results.csv")
+    assert results["git_commit"].iloc[0] in environment and "monai_version" in environment
 
 
 def test_rerun_skips_finished_jobs(study_run, tiny_cohort):
     done = sorted(study_run.glob("folds/*/*/*/done.json"))
     before = {p: p.stat().st_mtime_ns for p in done}
-    assert (
-        main(
-            [
-                "experiment",
-                str(SMOKE),
-                "--cohort",
-                f"paired={tiny_cohort / 'manifest_paired.csv'}",
-                "--out",
-                str(study_run),
-                "--quiet",
-            ]
-        )
-        == 0
-    )
+    assert _experiment(tiny_cohort, study_run, "--bootstrap", "10") == 0
     assert {p: p.stat().st_mtime_ns for p in done} == before
     assert len(pd.read_csv(study_run / "results.csv")) == 12
+
+
+def test_shards_partition_the_plan():
+    jobs = plan_jobs(load_study(SMOKE))
+    shards = [shard_jobs(jobs, i, 3) for i in range(3)]
+    assert sorted(sum(shards, []), key=jobs.index) == jobs
+    assert max(len(s) for s in shards) - min(len(s) for s in shards) <= 1
+
+
+def test_shard_run_leaves_other_shards_jobs_and_the_report_alone(study_run, tiny_cohort, capsys):
+    plan = plan_jobs(load_study(SMOKE))
+    victim = study_run / shard_jobs(plan, 1, 2)[0].job_dir / "done.json"
+    saved, report = victim.read_text(), (study_run / "report.md").stat().st_mtime_ns
+    victim.unlink()
+    try:
+        assert _experiment(tiny_cohort, study_run, "--shard", "0/2") == 0
+        assert "1 job(s) of other shards still missing" in capsys.readouterr().out
+        assert not victim.exists() and (study_run / "report.md").stat().st_mtime_ns == report
+    finally:
+        victim.write_text(saved)
 
 
 def test_report_lists_missing_jobs(study_run, capsys):
@@ -94,9 +144,11 @@ def test_report_lists_missing_jobs(study_run, capsys):
     saved = victim.read_text()
     victim.unlink()
     try:
-        assert main(["report", str(study_run)]) == 0
+        assert main(["report", str(study_run), "--bootstrap", "10"]) == 0
         assert "1 planned job(s) not finished" in capsys.readouterr().out
-        assert "Incomplete run" in (study_run / "report.md").read_text()
+        markdown = (study_run / "report.md").read_text()
+        assert "Incomplete run: 1 of 12 planned fold jobs" in markdown
+        assert str(victim.parent.relative_to(study_run)) in markdown  # named under Missing jobs
     finally:
         victim.write_text(saved)
     assert json.loads(saved)["model"] == "fmri_lstm"

@@ -23,43 +23,44 @@ def _parse_cohort_overrides(items: Sequence[str] | None) -> dict[str, str]:
     return result
 
 
-def _print_summary(out: Path) -> None:
+def _print_report(out: Path, n_resamples: int) -> None:
+    """Render the run's report and print its summary, the answers and what is missing."""
     import pandas as pd
 
-    summary = pd.read_csv(out / "summary.csv")
-    columns = ["cohort", "model", "augment", "n_jobs", "accuracy_mean", "balanced_accuracy_mean", "auc_ovr_mean"]
+    from pipeline.study.report import render
+
+    report = render(out, n_resamples)
+    summary = pd.read_csv(report.paths["summary"])
+    columns = ["cohort", "model", "augment", "n_jobs", "balanced_accuracy_mean"]
+    columns += ["balanced_accuracy_ci_low", "balanced_accuracy_ci_high", "auc_ovr_mean"]
     print(summary[columns].to_string(index=False, float_format=lambda v: f"{v:.3f}"))
+    print("\n".join(report.answers))
+    if report.missing:
+        print(f"{len(report.missing)} planned job(s) not finished, e.g. {report.missing[0].job_dir}")
+    print(f"report: {report.paths['html']} and {report.paths['markdown']}")
 
 
 def cmd_experiment(args: argparse.Namespace) -> int:
-    from pipeline.study.report import render
     from pipeline.study.runner import run_study
     from pipeline.study.spec import load_study
 
     study = load_study(args.study, _parse_cohort_overrides(args.cohort))
     missing = run_study(study, args.out, shard=args.shard, progress=not args.quiet)
-    paths = render(args.out)
-    _print_summary(Path(args.out))
-    state = "complete" if not missing else f"{len(missing)} job(s) of other shards still missing"
-    print(f"study {study.name}: {state}; report: {paths['html']}")
+    if missing:  # other shards' jobs: the report is rendered once, by whoever asks for it
+        print(f"study {study.name}: this shard is done; {len(missing)} job(s) of other shards still missing.")
+        print(f"run `neurofusion report {args.out}` to aggregate whatever is finished.")
+        return 0
+    print(f"study {study.name}: complete")
+    _print_report(Path(args.out), args.bootstrap)
     return 0
 
 
 def cmd_report(args: argparse.Namespace) -> int:
-    from pipeline.study.report import render
-    from pipeline.study.runner import missing_jobs
-
-    paths = render(args.run)
-    _print_summary(Path(args.run))
-    missing = missing_jobs(Path(args.run))
-    if missing:
-        print(f"{len(missing)} planned job(s) not finished, e.g. {missing[0].job_dir}")
-    print(f"report: {paths['html']} and {paths['markdown']}")
+    _print_report(Path(args.run), args.bootstrap)
     return 0
 
 
 def cmd_demo(args: argparse.Namespace) -> int:
-    from pipeline.study.report import render
     from pipeline.study.runner import run_study
     from pipeline.study.spec import load_study
     from pipeline.synth import write_cohort
@@ -76,12 +77,26 @@ def cmd_demo(args: argparse.Namespace) -> int:
     study = load_study(args.study, manifests)
     print(f"[2/3] running {args.study} ({study.name}) into {out / 'study'}")
     run_study(study, out / "study", progress=True)
-    paths = render(out / "study")
-    print("[3/3] summary (mean over folds; chance balanced accuracy 0.333):")
-    _print_summary(out / "study")
-    print(f"report: {paths['html']}  (also {paths['markdown']})")
+    print("[3/3] summary (mean over folds and 95% CI; chance balanced accuracy 0.333):")
+    _print_report(out / "study", args.bootstrap)
     print(f"demo finished in {(time.perf_counter() - started) / 60:.1f} min. The cohort is synthetic: see README.")
     return 0
+
+
+def _positive_int(text: str) -> int:
+    if not text.isdigit() or int(text) < 1:
+        raise argparse.ArgumentTypeError(f"expected a positive integer, got {text!r}")
+    return int(text)
+
+
+def _add_bootstrap(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument(
+        "--bootstrap",
+        type=_positive_int,
+        default=1000,
+        metavar="N",
+        help="subject-bootstrap resamples per model for the pooled-prediction CIs (default 1000; ~10 ms each)",
+    )
 
 
 def register(sub) -> None:
@@ -90,14 +105,17 @@ def register(sub) -> None:
         help="run a study YAML (cross-validated grid of bundles)",
         description="Run every cohort x model x augmentation x repeat x fold job of a study YAML (see "
         "bundles/experiments/README.md): train on the fold's training partition (validation carved from it), test on "
-        "the held-out fold, then aggregate into RUN/results.csv, summary.csv, report.md and report.html. Re-running "
-        "skips finished jobs.",
+        "the held-out fold, then aggregate into RUN/results.csv, summary.csv (means with CIs), comparisons.csv "
+        "(corrected paired tests), report.md and report.html. Re-running skips finished jobs. With --shard i/n "
+        "(cluster array jobs) only every n-th job runs and the report is left to `neurofusion report RUN` until "
+        "every shard is done.",
     )
     e.add_argument("study", help="study YAML")
     e.add_argument("--out", required=True, help="run folder (resumed if it exists)")
     e.add_argument("--shard", help="run only share i of n of the jobs, as i/n with 0 <= i < n (cluster arrays)")
     e.add_argument("--cohort", action="append", metavar="NAME=MANIFEST", help="replace a cohort's manifest")
     e.add_argument("--quiet", action="store_true", help="no progress bar")
+    _add_bootstrap(e)
     e.set_defaults(func=cmd_experiment)
 
     r = sub.add_parser(
@@ -105,9 +123,11 @@ def register(sub) -> None:
         help="re-render the report of a study run",
         description="Aggregate whatever fold jobs of a study run folder are finished (for example after sharded "
         "cluster jobs, or while a study is still running), say which planned jobs are missing, and write "
-        "results.csv, predictions.csv, summary.csv, report.md and a self-contained report.html with figures.",
+        "results.csv, predictions.csv, summary.csv (means, CIs over folds, subject-bootstrap CIs, stability), "
+        "comparisons.csv (corrected resampled t-tests), figures/*.png, report.md and a self-contained report.html.",
     )
     r.add_argument("run", help="run folder of `neurofusion experiment`")
+    _add_bootstrap(r)
     r.set_defaults(func=cmd_report)
 
     d = sub.add_parser(
@@ -121,4 +141,5 @@ def register(sub) -> None:
     d.add_argument("--study", default=str(PAPER_STUDY), help="study YAML (default: the paper study)")
     d.add_argument("--n-mri-only", type=int, default=300, help="size of the MRI-only cohort (default 300)")
     d.add_argument("--seed", type=int, default=0, help="cohort seed (default 0)")
+    _add_bootstrap(d)
     d.set_defaults(func=cmd_demo)

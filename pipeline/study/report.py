@@ -1,205 +1,395 @@
-"""Aggregate a study run and render it: ``summary.csv``, ``report.md`` and a self-contained ``report.html``."""
+"""Render a study run folder: tables (``summary.csv``, ``comparisons.csv``), ``report.md`` and ``report.html``.
+
+Both reports carry the same content, built once as a list of blocks: ``report.md`` links the figures written to
+``RUN/figures/*.png``, ``report.html`` embeds the same PNGs (base64) so it is one self-contained file. The first
+screen answers the paper's two questions, then shows the summary table and the paired comparisons.
+"""
 
 from __future__ import annotations
 
 import base64
 import html
-import io
+import re
+from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
 import pandas as pd
 
-from pipeline import CLASS_NAMES
 from pipeline.engine.metrics import METRICS
-from pipeline.io import atomic_write_text
-from pipeline.study.runner import collect, missing_jobs
+from pipeline.io import atomic_path, atomic_write_text
+from pipeline.study.aggregate import ALPHA, PRIMARY, chance_table, compare, paper_questions, summarise
+from pipeline.study.figures import METRIC_LABELS, confusion_matrices, fold_metrics, learning_curves, roc_curves
+from pipeline.study.runner import Job, cohort_subjects, collect, load_plan, missing_jobs, training_logs
 
-GROUP = ["cohort", "model", "augment"]
-METRIC_LABELS = {
-    "accuracy": "Accuracy",
-    "balanced_accuracy": "Balanced accuracy",
-    "macro_f1": "Macro-F1",
-    "auc_ovr": "AUC (one-vs-rest)",
-}
-
-
-def summarise(results: pd.DataFrame) -> pd.DataFrame:
-    """Mean and standard deviation over folds x repeats, per cohort, model and augmentation."""
-    rows = []
-    for (cohort, model, augment), group in results.groupby(GROUP, sort=False):
-        row = {"cohort": cohort, "model": model, "augment": bool(augment), "n_jobs": len(group)}
-        for metric in METRICS:
-            values = group[metric].astype(float)
-            row[f"{metric}_mean"] = values.mean()
-            row[f"{metric}_sd"] = values.std(ddof=1) if len(values) > 1 else np.nan
-        rows.append(row)
-    return pd.DataFrame(rows)
+PROVENANCE = (
+    "git_commit",
+    "git_dirty",
+    "neurofusion_version",
+    "monai_version",
+    "torch_version",
+    "bundle_version",
+    "manifest_sha256",
+)
+STATS_PACKAGES = ("numpy", "scipy", "sklearn", "pandas")
 
 
-def chance_level(predictions: pd.DataFrame) -> dict[str, float]:
-    """Accuracy of always predicting the majority class, and the chance level of balanced accuracy / AUC."""
-    counts = predictions.drop_duplicates("subject_id")["diagnosis"].value_counts()
-    return {"accuracy": counts.max() / counts.sum(), "balanced_accuracy": 1 / len(CLASS_NAMES), "auc_ovr": 0.5}
+@dataclass(frozen=True)
+class Report:
+    """What :func:`render` wrote: file paths, the one-sentence answers, and the planned jobs still missing."""
+
+    paths: dict[str, Path]
+    answers: list[str]
+    missing: list[Job]
 
 
-def _figure_png(figure) -> str:
-    buffer = io.BytesIO()
-    figure.savefig(buffer, format="png", dpi=110, bbox_inches="tight")
-    import matplotlib.pyplot as plt
+def render(out: str | Path, n_resamples: int = 1000) -> Report:
+    """Aggregate whatever jobs of a run folder are finished; write the tables, figures and both reports.
 
-    plt.close(figure)
-    return base64.b64encode(buffer.getvalue()).decode()
-
-
-def _label(model: str, augment: bool) -> str:
-    return f"{Path(model).name}\naug {'on' if augment else 'off'}"
-
-
-def fold_metric_figure(results: pd.DataFrame, cohort: str, metric: str = "balanced_accuracy") -> str:
-    """Box plot with the fold values drawn on top, one box per model x augmentation (base64 PNG)."""
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
-    part = results[results["cohort"] == cohort]
-    groups = list(part.groupby(["model", "augment"], sort=False))
-    figure, axis = plt.subplots(figsize=(1.6 * len(groups) + 1.5, 3.6))
-    values = [g[metric].astype(float).dropna().to_numpy() for _, g in groups]
-    axis.boxplot(values, showfliers=False)
-    rng = np.random.default_rng(0)
-    for position, v in enumerate(values, start=1):
-        axis.scatter(position + rng.uniform(-0.12, 0.12, len(v)), v, s=14, alpha=0.7, color="black", zorder=3)
-    axis.set_xticks(range(1, len(groups) + 1), [_label(m, a) for (m, a), _ in groups], fontsize=8)
-    axis.axhline(1 / len(CLASS_NAMES) if metric != "auc_ovr" else 0.5, ls="--", color="grey", lw=1, label="chance")
-    axis.set_ylabel(METRIC_LABELS[metric])
-    axis.set_ylim(0, 1.02)
-    axis.set_title(f"{cohort}: {METRIC_LABELS[metric]} per fold")
-    axis.legend(loc="lower right", fontsize=8)
-    return _figure_png(figure)
-
-
-def confusion_figure(predictions: pd.DataFrame, cohort: str) -> str:
-    """Confusion matrices of the pooled out-of-fold predictions, one panel per model x augmentation."""
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-    from sklearn.metrics import confusion_matrix
-
-    part = predictions[predictions["cohort"] == cohort]
-    groups = list(part.groupby(["model", "augment"], sort=False))
-    figure, axes = plt.subplots(1, len(groups), figsize=(2.6 * len(groups), 2.8), squeeze=False)
-    for axis, ((model, augment), group) in zip(axes[0], groups):
-        matrix = confusion_matrix(group["diagnosis"], group["predicted"], labels=list(CLASS_NAMES))
-        axis.imshow(matrix, cmap="Blues")
-        for (i, j), count in np.ndenumerate(matrix):
-            axis.text(j, i, str(count), ha="center", va="center", color="black", fontsize=9)
-        axis.set_xticks(range(len(CLASS_NAMES)), CLASS_NAMES, fontsize=8)
-        axis.set_yticks(range(len(CLASS_NAMES)), CLASS_NAMES, fontsize=8)
-        axis.set_xlabel("predicted", fontsize=8)
-        axis.set_ylabel("true", fontsize=8)
-        axis.set_title(_label(model, augment).replace("\n", ", "), fontsize=8)
-    figure.tight_layout()
-    return _figure_png(figure)
-
-
-def _summary_table(summary: pd.DataFrame) -> pd.DataFrame:
-    table = summary[["cohort", "model", "augment", "n_jobs"]].copy()
-    table["model"] = [Path(m).name for m in table["model"]]
-    table["augment"] = np.where(summary["augment"], "on", "off")
-    for metric in METRICS:
-        table[METRIC_LABELS[metric]] = [
-            f"{m:.3f} ± {s:.3f}" if np.isfinite(s) else f"{m:.3f}"
-            for m, s in zip(summary[f"{metric}_mean"], summary[f"{metric}_sd"])
-        ]
-    return table
-
-
-def render(out: str | Path) -> dict[str, Path]:
-    """Aggregate whatever jobs of a run folder are finished and write summary/report files.
-
-    Returns:
-        The written paths (``summary``, ``results``, ``predictions``, ``markdown``, ``html``).
+    Args:
+        out: run folder of ``neurofusion experiment``.
+        n_resamples: subject-bootstrap resamples per cohort x model x augmentation.
 
     Raises:
         FileNotFoundError: the folder is not a study run or has no finished job.
     """
     out = Path(out)
-    if not (out / "plan.csv").is_file():
-        raise FileNotFoundError(f"{out}: not a study run folder (no plan.csv)")
-    results, predictions = collect(out)
+    plan = load_plan(out)
+    results, predictions = (_in_plan_order(frame, plan) for frame in collect(out))
     if results.empty:
         raise FileNotFoundError(f"{out}: no finished fold job yet (no folds/*/*/*/done.json)")
+    summary = summarise(results, predictions, n_resamples)
+    comparisons = compare(results, plan)
+    chance = chance_table(cohort_subjects(out))
+    paths = {name: out / f"{name}.csv" for name in ("results", "predictions", "summary", "comparisons")}
+    for name, frame in zip(paths, (results, predictions, summary, comparisons)):
+        atomic_write_text(paths[name], frame.to_csv(index=False))
+    figures = _write_figures(out, results, predictions, training_logs(out), summary, chance)
+    answers = [(question, answer(rows, chance)) for question, rows in paper_questions(comparisons, plan)]
     missing = missing_jobs(out)
-    summary = summarise(results)
-    paths = {
-        "results": out / "results.csv",
-        "predictions": out / "predictions.csv",
-        "summary": out / "summary.csv",
-        "markdown": out / "report.md",
-        "html": out / "report.html",
-    }
-    atomic_write_text(paths["results"], results.to_csv(index=False))
-    atomic_write_text(paths["predictions"], predictions.to_csv(index=False))
-    atomic_write_text(paths["summary"], summary.to_csv(index=False))
-    study_text = (out / "study.yaml").read_text() if (out / "study.yaml").is_file() else ""
-    figures = {
-        cohort: (fold_metric_figure(results, cohort), confusion_figure(predictions, cohort))
-        for cohort in summary["cohort"].unique()
-    }
-    table = _summary_table(summary)
-    chance = chance_level(predictions)
-    atomic_write_text(paths["markdown"], _markdown(table, chance, missing, study_text))
-    atomic_write_text(paths["html"], _html(table, chance, missing, study_text, figures))
-    return paths
+    blocks = _blocks(results, summary, comparisons, chance, answers, missing, len(plan), figures, out)
+    paths.update(markdown=out / "report.md", html=out / "report.html")
+    atomic_write_text(paths["markdown"], _markdown(blocks))
+    atomic_write_text(paths["html"], _html(blocks, out))
+    return Report(paths, [f"{question} {text}" for question, text in answers], missing)
 
 
-def _status_line(missing: list) -> str:
-    if not missing:
-        return "All planned fold jobs are finished."
-    return f"**Incomplete run:** {len(missing)} planned fold job(s) not finished; the tables cover finished jobs only."
+def _in_plan_order(frame: pd.DataFrame, plan: pd.DataFrame) -> pd.DataFrame:
+    """Rows sorted by the study's order of cohort x model x augmentation (stable within a group)."""
+    if frame.empty:
+        return frame
+    order = {key: i for i, key in enumerate(dict.fromkeys(zip(plan["cohort"], plan["model"], plan["augment"])))}
+    keys = [order[key] for key in zip(frame["cohort"], frame["model"], frame["augment"].astype(bool))]
+    return frame.iloc[np.argsort(keys, kind="stable")].reset_index(drop=True)
 
 
-def _markdown(table: pd.DataFrame, chance: dict, missing: list, study_text: str) -> str:
-    lines = ["# Study report", "", _status_line(missing), ""]
-    lines += [
-        "Mean ± sd over folds x repeats (test folds). Chance: accuracy "
-        f"{chance['accuracy']:.3f} (majority class), balanced accuracy {chance['balanced_accuracy']:.3f}, "
-        f"AUC {chance['auc_ovr']:.3f}.",
-        "",
-        table.to_markdown(index=False),
-        "",
-        "## Study definition",
-        "",
-        "```yaml",
-        study_text.rstrip(),
-        "```",
-        "",
-    ]
-    return "\n".join(lines)
+# --- numbers and sentences ------------------------------------------------------------------------------
 
 
-def _html(table: pd.DataFrame, chance: dict, missing: list, study_text: str, figures: dict) -> str:
-    sections = []
-    for cohort, (folds_png, confusion_png) in figures.items():
-        sections.append(
-            f"<h2>Cohort: {html.escape(str(cohort))}</h2>"
-            f'<img alt="fold metrics" src="data:image/png;base64,{folds_png}">'
-            f'<h3>Confusion matrices (pooled out-of-fold predictions)</h3><img alt="confusion" '
-            f'src="data:image/png;base64,{confusion_png}">'
-        )
-    status = html.escape(_status_line(missing).replace("**", ""))
-    return (
-        "<!doctype html><html><head><meta charset='utf-8'><title>neurofusion study report</title>"
-        "<style>body{font-family:sans-serif;max-width:1100px;margin:2em auto;color:#222}"
-        "table{border-collapse:collapse}td,th{border:1px solid #bbb;padding:4px 8px;text-align:right}"
-        "th{background:#eee}pre{background:#f6f6f6;padding:1em}</style></head><body>"
-        f"<h1>Study report</h1><p>{status}</p>"
-        f"<p>Mean ± sd over folds x repeats (test folds). Chance: accuracy {chance['accuracy']:.3f} (majority class), "
-        f"balanced accuracy {chance['balanced_accuracy']:.3f}, AUC {chance['auc_ovr']:.3f}.</p>"
-        + table.to_html(index=False, border=0)
-        + "".join(sections)
-        + f"<h2>Study definition</h2><pre>{html.escape(study_text)}</pre></body></html>"
+def _num(value: float, signed: bool = False) -> str:
+    return "–" if not np.isfinite(value) else (f"{value:+.3f}" if signed else f"{value:.3f}")
+
+
+def _interval(low: float, high: float, signed: bool = False) -> str:
+    return "–" if not np.isfinite(low) else f"[{_num(low, signed)}, {_num(high, signed)}]"
+
+
+def _p(value: float) -> str:
+    return "–" if not np.isfinite(value) else ("< 0.001" if value < 0.001 else f"{value:.3f}")
+
+
+def answer(rows: pd.DataFrame, chance: pd.DataFrame) -> str:
+    """One sentence per comparison answering a paper question (primary metric, corrected test)."""
+    if rows.empty:
+        return "Not answered: the study has no cohort and model for this question."
+    return " ".join(_answer_sentence(row, chance.loc[row.cohort, "n_subjects"]) for row in rows.itertuples())
+
+
+def _answer_sentence(row, n_subjects: int) -> str:
+    where = f"{row.model_a} on cohort {row.cohort} ({n_subjects} subjects)"
+    if row.note:
+        return f"Not answered yet for {where}: {row.note}."
+    metric = METRIC_LABELS[PRIMARY].lower()
+    evidence = (
+        f"(95% CI {_num(row.ci_low, True)} to {_num(row.ci_high, True)}; corrected p = {_p(row.p)}; "
+        f"{row.n_splits} paired splits)"
     )
+    if row.significant:
+        verdict, verb = ("Yes", "raised") if row.mean_diff > 0 else ("No", "lowered")
+        return f"{verdict} for {where}: augmentation {verb} {metric} by {abs(row.mean_diff):.3f} {evidence}."
+    if row.ci_low == row.ci_high:  # every paired difference is zero
+        same = f"{metric} was identical with and without augmentation in all {row.n_splits} paired splits"
+        return f"Not shown for {where}: {same}."
+    return (
+        f"Not shown for {where}: with augmentation {metric} changed by {_num(row.mean_diff, True)} {evidence}, "
+        f"not significant at α = {ALPHA}; the data are compatible with anything from {_num(row.ci_low, True)} to "
+        f"{_num(row.ci_high, True)}."
+    )
+
+
+def _chance_note(chance: pd.DataFrame, cohorts) -> str:
+    parts = [
+        f"{cohort} — " + ", ".join(f"{METRIC_LABELS[m]} {chance.loc[cohort, m]:.3f}" for m in METRICS)
+        for cohort in cohorts
+    ]
+    return "Chance (always the majority class): " + "; ".join(parts) + "."
+
+
+# --- tables ---------------------------------------------------------------------------------------------
+
+
+def _aug(value) -> str:
+    return "on" if bool(value) else "off"
+
+
+def _summary_table(summary: pd.DataFrame, comparisons: pd.DataFrame, chance: pd.DataFrame) -> pd.DataFrame:
+    """First-screen table: every model with CIs, the augmentation test, and a chance row per cohort."""
+    aug_tests = _primary(comparisons, "augmentation").set_index(["cohort", "model_a"])
+    rows = []
+    for cohort, part in summary.groupby("cohort", sort=False):
+        for _, r in part.iterrows():
+            test = aug_tests.loc[(cohort, r.model)] if r.augment and (cohort, r.model) in aug_tests.index else None
+            rows.append(
+                {
+                    "cohort": cohort,
+                    "model": r.model,
+                    "aug": _aug(r.augment),
+                    "jobs": str(int(r["n_jobs"])),
+                    **{METRIC_LABELS[m]: _mean_ci(r, m) for m in METRICS},
+                    f"{METRIC_LABELS[PRIMARY]}, pooled [bootstrap CI]": _pooled_ci(r, PRIMARY),
+                    "aug on − off (p)": "" if test is None else f"{_num(test.mean_diff, True)} ({_p(test.p)})",
+                }
+            )
+        rows.append(
+            {"cohort": cohort, "model": "chance", **{METRIC_LABELS[m]: _num(chance.loc[cohort, m]) for m in METRICS}}
+        )
+    return pd.DataFrame(rows).fillna("")
+
+
+def _mean_ci(row: pd.Series, metric: str) -> str:
+    return f"{_num(row[f'{metric}_mean'])} {_interval(row[f'{metric}_ci_low'], row[f'{metric}_ci_high'])}"
+
+
+def _pooled_ci(row: pd.Series, metric: str) -> str:
+    return f"{_num(row[f'{metric}_pooled'])} {_interval(row[f'{metric}_boot_low'], row[f'{metric}_boot_high'])}"
+
+
+def _primary(comparisons: pd.DataFrame, kind: str | None = None) -> pd.DataFrame:
+    rows = comparisons[comparisons["metric"] == PRIMARY]
+    return rows if kind is None else rows[rows["kind"] == kind]
+
+
+def _comparison_table(comparisons: pd.DataFrame, with_metric: bool) -> pd.DataFrame:
+    table = pd.DataFrame(
+        {
+            "cohort": comparisons["cohort"],
+            "comparison": comparisons["comparison"],
+            "metric": [METRIC_LABELS[m] for m in comparisons["metric"]],
+            "splits": comparisons["n_splits"],
+            "mean a / b": [f"{_num(a)} / {_num(b)}" for a, b in zip(comparisons["mean_a"], comparisons["mean_b"])],
+            "difference [95% CI]": [
+                f"{_num(d, True)} {_interval(lo, hi, True)}" if np.isfinite(d) else "–"
+                for d, lo, hi in zip(comparisons["mean_diff"], comparisons["ci_low"], comparisons["ci_high"])
+            ],
+            "corrected p": [_p(p) for p in comparisons["p"]],
+            "effect size d_z": [_num(e) for e in comparisons["effect_size"]],
+            "note": comparisons["note"],
+        }
+    )
+    return table if with_metric else table.drop(columns="metric")
+
+
+def _metrics_table(summary: pd.DataFrame) -> pd.DataFrame:
+    rows = [
+        {
+            "model": r.model,
+            "aug": _aug(r.augment),
+            "metric": METRIC_LABELS[m],
+            "mean ± sd": f"{_num(r[f'{m}_mean'])} ± {_num(r[f'{m}_sd'])}",
+            "95% CI (splits)": _interval(r[f"{m}_ci_low"], r[f"{m}_ci_high"]),
+            "pooled [subject bootstrap 95% CI]": _pooled_ci(r, m),
+            "sd across folds": _num(r[f"{m}_sd_folds"]),
+            "sd across seeds": _num(r[f"{m}_sd_seeds"]),
+        }
+        for _, r in summary.iterrows()
+        for m in METRICS
+    ]
+    return pd.DataFrame(rows)
+
+
+def _missing_table(missing: list[Job]) -> pd.DataFrame:
+    frame = pd.DataFrame(
+        [{"cohort": j.cohort, "model": j.model, "aug": _aug(j.augment), "job": str(j.job_dir)} for j in missing]
+    )
+    grouped = frame.groupby(["cohort", "model", "aug"], sort=False)["job"]
+    return grouped.agg(missing="count", example="first").reset_index()
+
+
+def _environment_table(results: pd.DataFrame) -> pd.DataFrame:
+    rows = [
+        {"field": field, "value": value, "jobs": count}
+        for field in PROVENANCE
+        if field in results.columns
+        for value, count in results[field].astype(str).value_counts().items()
+    ]
+    return pd.DataFrame(rows)
+
+
+def _stats_versions() -> str:
+    import importlib
+
+    versions = [f"{name} {importlib.import_module(name).__version__}" for name in STATS_PACKAGES]
+    return "Statistics computed with " + ", ".join(versions) + "."
+
+
+# --- figures --------------------------------------------------------------------------------------------
+
+
+FOLDS_CAPTION = "Test metric of every fold job (box: quartiles; dots: jobs; dotted line: chance)."
+CONFUSION_CAPTION = "Confusion matrices of the pooled out-of-fold predictions (counts over repeats and seeds)."
+ROC_CAPTION = "One-vs-rest ROC curves of the pooled out-of-fold predictions; the title gives the macro OvR AUC."
+LEARNING_CAPTION = (
+    "Learning curves: mean over jobs ± sd per epoch; dashed: augmentation on. Validation subjects are carved "
+    "from each fold's training partition."
+)
+METHODS = (
+    "How to read this report. Each fold job trains a model on a fold's training partition (its validation share, "
+    "used for early stopping and checkpoint choice, is carved from that partition) and tests it on the held-out "
+    "fold. 95% CI (splits): Student-t interval of the mean over folds x repeats (training seeds averaged per fold); "
+    "it describes the spread of fold estimates and is optimistic, since folds share training subjects. Pooled "
+    "[subject bootstrap 95% CI]: the metric of all out-of-fold predictions together, with a percentile interval from "
+    "resampling subjects (all predictions of a subject move together). Comparisons are paired by repeat, fold and "
+    "seed; the difference is a − b; p and CI come from the corrected resampled t-test of Nadeau & Bengio (2003), "
+    "whose variance term s²(1/J + n_test/n_train) accounts for overlapping training sets (J splits; n_train counts "
+    "the whole training partition). Effect size d_z = mean difference / sd of the per-split differences. p-values "
+    "are two-sided and not adjusted for multiple comparisons: the two questions at the top are the primary tests. "
+    "Stability: sd across folds (training seed fixed) and sd across training seeds (fold fixed), pooled."
+)
+
+
+def _slug(text: str) -> str:
+    return re.sub(r"[^A-Za-z0-9_.-]+", "_", text)
+
+
+def _write_figures(out, results, predictions, logs, summary, chance) -> dict[str, list[tuple[str, str]]]:
+    """Write every cohort's figures to ``RUN/figures``; cohort -> [(path relative to RUN, caption)]."""
+    figures = {}
+    for cohort in summary["cohort"].unique():
+        part = summary[summary["cohort"] == cohort]
+        pooled_auc = {(r.model, bool(r.augment)): r.auc_ovr_pooled for r in part.itertuples()}
+        cohort_logs = logs[logs["cohort"] == cohort]
+        drawings = {
+            "folds": (fold_metrics(results[results["cohort"] == cohort], chance.loc[cohort]), FOLDS_CAPTION),
+            "confusion": (confusion_matrices(predictions[predictions["cohort"] == cohort]), CONFUSION_CAPTION),
+            "roc": (roc_curves(predictions[predictions["cohort"] == cohort], pooled_auc), ROC_CAPTION),
+        }
+        if not cohort_logs.empty:
+            drawings["learning_curves"] = (learning_curves(cohort_logs), LEARNING_CAPTION)
+        figures[cohort] = []
+        for kind, (png, caption) in drawings.items():
+            relative = f"figures/{_slug(cohort)}_{kind}.png"
+            with atomic_path(out / relative) as tmp:
+                tmp.write_bytes(png)
+            figures[cohort].append((relative, caption))
+    return figures
+
+
+# --- document -------------------------------------------------------------------------------------------
+
+
+def _status(missing: list[Job], planned: int) -> str:
+    if not missing:
+        return f"All {planned} planned fold jobs are finished."
+    return (
+        f"Incomplete run: {len(missing)} of {planned} planned fold jobs are not finished (listed under Missing jobs); "
+        "every number covers finished jobs only."
+    )
+
+
+def _blocks(results, summary, comparisons, chance, answers, missing, planned, figures, out) -> list[tuple]:
+    study = out / "study.yaml"
+    blocks = [("h1", f"Study report: {results['study'].iloc[0]}"), ("p", _status(missing, planned)), ("h2", "Answers")]
+    blocks += [("answer", question, text) for question, text in answers]
+    blocks += [
+        ("h2", "Summary"),
+        (
+            "p",
+            "Mean [95% CI over splits] on the test folds; the last columns give the pooled out-of-fold "
+            f"{METRIC_LABELS[PRIMARY].lower()} with its subject-bootstrap CI and the corrected test of augmentation.",
+        ),
+        ("table", _summary_table(summary, comparisons, chance)),
+        ("h2", f"Paired comparisons ({METRIC_LABELS[PRIMARY].lower()})"),
+        ("table", _comparison_table(_primary(comparisons), with_metric=False)),
+        ("p", _chance_note(chance, chance.index)),
+    ]
+    for cohort in summary["cohort"].unique():
+        blocks += _cohort_blocks(cohort, summary, comparisons, chance, figures[cohort])
+    if missing:
+        blocks += [("h2", "Missing jobs"), ("table", _missing_table(missing))]
+    blocks += [("h2", "Methods"), ("p", METHODS), ("h2", "Environment"), ("table", _environment_table(results))]
+    blocks += [
+        ("p", _stats_versions()),
+        ("h2", "Study definition"),
+        ("pre", study.read_text() if study.is_file() else ""),
+    ]
+    return blocks
+
+
+def _cohort_blocks(cohort, summary, comparisons, chance, figures) -> list[tuple]:
+    info = chance.loc[cohort]
+    blocks = [
+        ("h2", f"Cohort {cohort}: {info['n_subjects']} subjects ({info['classes']})"),
+        ("h3", "All metrics"),
+        ("table", _metrics_table(summary[summary["cohort"] == cohort])),
+        ("p", _chance_note(chance, [cohort])),
+    ]
+    if (comparisons["cohort"] == cohort).any():
+        table = _comparison_table(comparisons[comparisons["cohort"] == cohort], with_metric=True)
+        blocks += [("h3", "Paired comparisons"), ("table", table.drop(columns="cohort"))]
+    blocks += [("h3", "Figures")] + [("figure", path, caption) for path, caption in figures]
+    return blocks
+
+
+def _markdown(blocks: list[tuple]) -> str:
+    render = {
+        "h1": lambda text: f"# {text}",
+        "h2": lambda text: f"## {text}",
+        "h3": lambda text: f"### {text}",
+        "p": lambda text: text,
+        "answer": lambda question, text: f"> **{question}** {text}",
+        "table": lambda frame: frame.to_markdown(index=False, disable_numparse=True),
+        "figure": lambda path, caption: f"![{caption}]({path})\n\n*{caption}*",
+        "pre": lambda text: f"```yaml\n{text.rstrip()}\n```",
+    }
+    return "\n\n".join(render[kind](*content) for kind, *content in blocks) + "\n"
+
+
+def _html(blocks: list[tuple], out: Path) -> str:
+    def image(path: str, caption: str) -> str:
+        data = base64.b64encode((out / path).read_bytes()).decode()
+        caption = html.escape(caption)
+        img = f'<img alt="{caption}" src="data:image/png;base64,{data}">'
+        return f"<figure>{img}<figcaption>{caption}</figcaption></figure>"
+
+    render = {
+        "h1": lambda text: f"<h1>{html.escape(text)}</h1>",
+        "h2": lambda text: f"<h2>{html.escape(text)}</h2>",
+        "h3": lambda text: f"<h3>{html.escape(text)}</h3>",
+        "p": lambda text: f"<p>{html.escape(text)}</p>",
+        "answer": lambda question, text: f'<p class="answer"><b>{html.escape(question)}</b> {html.escape(text)}</p>',
+        "table": lambda frame: frame.to_html(index=False, border=0),
+        "figure": image,
+        "pre": lambda text: f"<pre>{html.escape(text)}</pre>",
+    }
+    body = "\n".join(render[kind](*content) for kind, *content in blocks)
+    head = f"<meta charset='utf-8'><title>neurofusion study report</title><style>{CSS}</style>"
+    return f"<!doctype html><html><head>{head}</head><body>{body}</body></html>\n"
+
+
+CSS = (
+    "body{font-family:sans-serif;max-width:1200px;margin:2em auto;color:#222}"
+    "table{border-collapse:collapse;margin:.5em 0;font-size:.9em}td,th{border:1px solid #bbb;padding:3px 7px}"
+    "th{background:#eee}pre{background:#f6f6f6;padding:1em}img{max-width:100%}"
+    ".answer{background:#eef5ff;border-left:4px solid #36c;padding:.6em 1em;font-size:1.05em}"
+    "figcaption{font-size:.85em;color:#555}"
+)

@@ -3,11 +3,12 @@
 Layout of a run folder::
 
     RUN/study.yaml                         copy of the study definition
-    RUN/plan.csv                           every fold job of the study
+    RUN/plan.csv                           every fold job of the study, with its bundle's input modalities
     RUN/folds/<cohort>/folds.csv           subject -> (repeat, fold)
     RUN/folds/<cohort>/repeat-R_fold-F/manifest.csv          the fold's manifest (split column)
     RUN/folds/<cohort>/repeat-R_fold-F/<model>_aug-<on|off>_seed-S/   one job: ckpt/, eval/, log.txt, done.json
-    RUN/results.csv, RUN/predictions.csv, RUN/summary.csv, RUN/report.md, RUN/report.html
+    RUN/results.csv, RUN/predictions.csv, RUN/summary.csv, RUN/comparisons.csv, RUN/report.md, RUN/report.html,
+    RUN/figures/*.png                      written by :func:`pipeline.study.report.render`
 
 A job is finished when its ``done.json`` exists (written last, atomically); re-running skips finished jobs and
 redoes unfinished ones from scratch, so a killed job is never half-counted.
@@ -31,6 +32,7 @@ from pipeline.engine.workflow import run_bundle
 from pipeline.io import atomic_write_json, atomic_write_text
 from pipeline.manifest import assign_folds, check_no_leakage, fold_manifest, load_manifest, manifest_sha256
 from pipeline.study.spec import Study
+from pipeline.study.stats import labels_and_probabilities
 
 JOB_COLUMNS = ["cohort", "model", "augment", "repeat", "fold", "seed"]
 
@@ -69,6 +71,38 @@ def plan_jobs(study: Study) -> list[Job]:
     ]
 
 
+def bundle_modalities(bundle_dir: Path) -> str:
+    """Modalities of a bundle's inputs from its ``metadata.json``, e.g. ``MR``, ``fMRI`` or ``MR+fMRI`` (fused)."""
+    path = bundle_dir / "configs" / "metadata.json"
+    inputs = json.loads(path.read_text())["network_data_format"]["inputs"]
+    return "+".join(dict.fromkeys(str(spec.get("modality", name)) for name, spec in inputs.items()))
+
+
+def write_plan(study: Study, out: Path) -> list[Job]:
+    """Write ``RUN/plan.csv`` (every job and its bundle's modalities) and return the jobs."""
+    jobs = plan_jobs(study)
+    modalities = {model: bundle_modalities(study.bundle_dir(model)) for model in {j.model for j in jobs}}
+    plan = pd.DataFrame([{**asdict(j), "modalities": modalities[j.model]} for j in jobs])
+    atomic_write_text(out / "plan.csv", plan.to_csv(index=False))
+    return jobs
+
+
+def load_plan(out: Path) -> pd.DataFrame:
+    """``RUN/plan.csv`` of a run folder.
+
+    Raises:
+        FileNotFoundError: the folder is not a study run.
+        ValueError: the plan predates the ``modalities`` column.
+    """
+    path = Path(out) / "plan.csv"
+    if not path.is_file():
+        raise FileNotFoundError(f"{out}: not a study run folder (no plan.csv)")
+    plan = pd.read_csv(path)
+    if "modalities" not in plan.columns:
+        raise ValueError(f"{path}: no 'modalities' column (older run); re-run `neurofusion experiment` to refresh it")
+    return plan
+
+
 def parse_shard(text: str | None) -> tuple[int, int]:
     """``"i/n"`` (0 <= i < n) -> (i, n); None -> the whole study."""
     if not text:
@@ -80,6 +114,11 @@ def parse_shard(text: str | None) -> tuple[int, int]:
     if not 0 <= index < count:
         raise ValueError(f"--shard {text}: need 0 <= i < n")
     return index, count
+
+
+def shard_jobs(jobs: list[Job], index: int, count: int) -> list[Job]:
+    """Share ``index`` of ``count`` of the planned jobs: every ``count``-th job starting at ``index``."""
+    return jobs[index::count]
 
 
 def prepare_folds(study: Study, out: Path) -> None:
@@ -96,13 +135,23 @@ def prepare_folds(study: Study, out: Path) -> None:
                 pipeline.manifest.write_manifest(part, target)
 
 
-def _git_commit() -> str:
+def _git(*args: str) -> str | None:
+    """Output of a git command in this package's checkout; None when git or the checkout is unavailable."""
     try:
         root = Path(pipeline.__file__).resolve().parents[1]
-        result = subprocess.run(["git", "rev-parse", "HEAD"], cwd=root, capture_output=True, text=True, timeout=10)
-        return result.stdout.strip() or "unknown"
+        result = subprocess.run(["git", *args], cwd=root, capture_output=True, text=True, timeout=10)
     except (OSError, subprocess.SubprocessError):
-        return "unknown"
+        return None
+    return result.stdout.strip() if result.returncode == 0 else None
+
+
+def _git_state() -> dict:
+    """``git_commit`` (HEAD) and ``git_dirty`` (tracked files modified since it; unknown outside a checkout)."""
+    status = _git("status", "--porcelain", "--untracked-files=no")
+    return {
+        "git_commit": _git("rev-parse", "HEAD") or "unknown",
+        "git_dirty": "unknown" if status is None else bool(status),
+    }
 
 
 def _provenance(study: Study, cohort_manifest: Path, bundle_dir: Path) -> dict:
@@ -115,7 +164,7 @@ def _provenance(study: Study, cohort_manifest: Path, bundle_dir: Path) -> dict:
         "neurofusion_version": pipeline.__version__,
         "monai_version": monai.__version__,
         "torch_version": torch.__version__,
-        "git_commit": _git_commit(),
+        **_git_state(),
         "manifest_sha256": manifest_sha256(cohort_manifest),
     }
 
@@ -154,22 +203,42 @@ def run_job(study: Study, job: Job, out: Path) -> dict:
 
 
 def _metrics_of(predictions: pd.DataFrame) -> dict:
-    names = list(pipeline.CLASS_NAMES)
-    labels = [names.index(d) for d in predictions["diagnosis"]]
-    return classification_metrics(labels, predictions[[f"prob_{n}" for n in names]].to_numpy())
+    return classification_metrics(*labels_and_probabilities(predictions))
+
+
+def _finished(out: Path) -> list[tuple[Path, dict]]:
+    """(job folder, ``done.json`` row) of every finished job."""
+    return [(done.parent, json.loads(done.read_text())) for done in sorted(out.glob("folds/*/*/*/done.json"))]
+
+
+def _job_tables(out: Path, name: str, **read_csv) -> pd.DataFrame:
+    """``eval/<name>`` of every finished job, concatenated, with the job's columns added."""
+    frames = [
+        pd.read_csv(job_dir / "eval" / name, **read_csv).assign(**{k: row[k] for k in JOB_COLUMNS})
+        for job_dir, row in _finished(out)
+        if (job_dir / "eval" / name).is_file()
+    ]
+    return pd.concat(frames, ignore_index=True) if frames else pd.DataFrame(columns=JOB_COLUMNS)
 
 
 def collect(out: Path) -> tuple[pd.DataFrame, pd.DataFrame]:
     """Results of every finished job (one row each) and their pooled per-subject test predictions."""
-    rows, predictions = [], []
-    for done in sorted(out.glob("folds/*/*/*/done.json")):
-        row = json.loads(done.read_text())
-        rows.append(row)
-        frame = pd.read_csv(done.parent / "eval" / "predictions.csv", dtype={"session_id": str})
-        predictions.append(frame.assign(**{k: row[k] for k in JOB_COLUMNS}))
-    results = pd.DataFrame(rows)
-    pooled = pd.concat(predictions, ignore_index=True) if predictions else pd.DataFrame()
-    return results, pooled
+    results = pd.DataFrame([row for _, row in _finished(out)])
+    return results, _job_tables(out, "predictions.csv", dtype={"session_id": str})
+
+
+def cohort_subjects(out: Path) -> pd.DataFrame:
+    """Every subject of every cohort of a run (``cohort``, ``subject_id``, ``diagnosis``), from the fold tables."""
+    frames = [
+        pd.read_csv(path, dtype=str)[["subject_id", "diagnosis"]].drop_duplicates().assign(cohort=path.parent.name)
+        for path in sorted(out.glob("folds/*/folds.csv"))
+    ]
+    return pd.concat(frames, ignore_index=True)
+
+
+def training_logs(out: Path) -> pd.DataFrame:
+    """Per-epoch training logs (``eval/training_log.csv``) of every finished job, with the job's columns."""
+    return _job_tables(out, "training_log.csv")
 
 
 def run_study(study: Study, out: str | Path, shard: str | None = None, progress: bool = True) -> list[Job]:
@@ -185,10 +254,9 @@ def run_study(study: Study, out: str | Path, shard: str | None = None, progress:
     index, count = parse_shard(shard)
     out.mkdir(parents=True, exist_ok=True)
     atomic_write_text(out / "study.yaml", study.text)
-    jobs = plan_jobs(study)
-    atomic_write_text(out / "plan.csv", pd.DataFrame([asdict(j) for j in jobs]).to_csv(index=False))
+    jobs = write_plan(study, out)
     prepare_folds(study, out)
-    mine = [job for i, job in enumerate(jobs) if i % count == index and not (out / job.job_dir / "done.json").exists()]
+    mine = [job for job in shard_jobs(jobs, index, count) if not (out / job.job_dir / "done.json").exists()]
     for job in tqdm(mine, desc=f"{study.name} fold jobs", unit="job", disable=not progress):
         run_job(study, job, out)
     return missing_jobs(out)
@@ -196,6 +264,6 @@ def run_study(study: Study, out: str | Path, shard: str | None = None, progress:
 
 def missing_jobs(out: Path) -> list[Job]:
     """Planned jobs of a run folder without a ``done.json``."""
-    plan = pd.read_csv(Path(out) / "plan.csv")
+    plan = pd.read_csv(Path(out) / "plan.csv")[JOB_COLUMNS]
     jobs = [Job(**{k: (bool(v) if k == "augment" else v) for k, v in row.items()}) for row in plan.to_dict("records")]
     return [job for job in jobs if not (Path(out) / job.job_dir / "done.json").exists()]

@@ -1,0 +1,207 @@
+"""Aggregate the finished jobs of a study run: per-model summary with intervals, paired comparisons, chance levels.
+
+The statistics themselves live in :mod:`pipeline.study.stats`; this module decides what is summarised and what is
+compared with what. Comparisons are planned from ``RUN/plan.csv`` (so a comparison whose jobs have not finished is
+listed as skipped, not silently dropped) and paired by (repeat, fold, seed).
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import numpy as np
+import pandas as pd
+
+from pipeline import CLASS_NAMES
+from pipeline.engine.metrics import METRICS, classification_metrics
+from pipeline.study.stats import (
+    PAIR,
+    SPLIT,
+    bootstrap_interval,
+    chance_levels,
+    corrected_ttest,
+    labels_and_probabilities,
+    stability,
+    t_interval,
+)
+
+GROUP = ["cohort", "model", "augment"]
+PRIMARY = "balanced_accuracy"
+ALPHA = 0.05
+COMPARISON_COLUMNS = (
+    "cohort", "kind", "comparison", "model_a", "augment_a", "model_b", "augment_b", "metric", "n_splits",
+    "test_train_ratio", "mean_a", "mean_b", "mean_diff", "ci_low", "ci_high", "t", "df", "p", "effect_size",
+    "significant", "note",
+)  # fmt: skip
+
+
+def _select(frame: pd.DataFrame, cohort: str, model: str, augment: bool) -> pd.DataFrame:
+    return frame[(frame["cohort"] == cohort) & (frame["model"] == model) & (frame["augment"].astype(bool) == augment)]
+
+
+def summarise(results: pd.DataFrame, predictions: pd.DataFrame, n_resamples: int = 1000, seed: int = 0) -> pd.DataFrame:
+    """Means, intervals and stability of every metric, one row per cohort x model x augmentation.
+
+    Columns per metric: ``_mean``, ``_sd`` (over jobs), ``_ci_low``/``_ci_high`` (t interval over splits, seeds
+    averaged per split), ``_pooled`` (the metric of all pooled out-of-fold predictions), ``_boot_low``/``_boot_high``
+    (subject bootstrap of the pooled predictions) and ``_sd_folds``/``_sd_seeds`` (see :func:`stability`).
+
+    Args:
+        results: one row per finished job.
+        predictions: pooled per-subject test predictions of those jobs.
+        n_resamples: subject-bootstrap resamples.
+        seed: bootstrap seed.
+    """
+    rows = []
+    for (cohort, model, augment), group in results.groupby(GROUP, sort=False):
+        pooled = _select(predictions, cohort, model, bool(augment))
+        rows.append(
+            {"cohort": cohort, "model": model, "augment": bool(augment), **_summary(group, pooled, n_resamples, seed)}
+        )
+    return pd.DataFrame(rows)
+
+
+def _summary(group: pd.DataFrame, pooled: pd.DataFrame, n_resamples: int, seed: int) -> dict:
+    splits = group.groupby(SPLIT)[list(METRICS)].mean()
+    row = {
+        "n_jobs": len(group),
+        "n_splits": len(splits),
+        "n_seeds": group["seed"].nunique(),
+        "n_subjects": pooled["subject_id"].nunique(),
+    }
+    point = classification_metrics(*labels_and_probabilities(pooled))
+    boot = bootstrap_interval(pooled, n_resamples, seed=seed)
+    for metric in METRICS:
+        values = group[metric].astype(float)
+        row[f"{metric}_mean"] = values.mean()
+        row[f"{metric}_sd"] = values.std(ddof=1)
+        row[f"{metric}_ci_low"], row[f"{metric}_ci_high"] = t_interval(splits[metric])
+        row[f"{metric}_pooled"] = point[metric]
+        row[f"{metric}_boot_low"], row[f"{metric}_boot_high"] = boot[metric]
+        row[f"{metric}_sd_folds"], row[f"{metric}_sd_seeds"] = stability(group, metric)
+    return row
+
+
+def chance_table(subjects: pd.DataFrame) -> pd.DataFrame:
+    """Per cohort: number of subjects, class counts and every metric of the majority-class predictor.
+
+    Args:
+        subjects: one row per subject with ``cohort`` and ``diagnosis``.
+    """
+    rows = []
+    for cohort, part in subjects.groupby("cohort", sort=False):
+        counts = part["diagnosis"].value_counts()
+        rows.append(
+            {
+                "cohort": cohort,
+                "n_subjects": len(part),
+                "classes": " / ".join(f"{counts[c]} {c}" for c in CLASS_NAMES if c in counts.index),
+                **chance_levels(part["diagnosis"]),
+            }
+        )
+    return pd.DataFrame(rows).set_index("cohort")
+
+
+@dataclass(frozen=True)
+class Comparison:
+    """``a`` minus ``b`` within one cohort; each side is (model, augment)."""
+
+    cohort: str
+    kind: str  # "fusion_vs_single" or "augmentation"
+    a: tuple[str, bool]
+    b: tuple[str, bool]
+
+    @property
+    def label(self) -> str:
+        if self.kind == "augmentation":
+            return f"{self.a[0]}: augmentation on vs off"
+        return f"{self.a[0]} vs {self.b[0]} (augmentation {'on' if self.a[1] else 'off'})"
+
+
+def is_fused(modalities: str) -> bool:
+    """Whether a bundle's modalities (``plan.csv`` column) name more than one input modality."""
+    return "+" in str(modalities)
+
+
+def plan_comparisons(plan: pd.DataFrame) -> list[Comparison]:
+    """Within each cohort: every fused model vs every single-modality model at the same augmentation setting, and
+    augmentation on vs off for every model; only comparisons the study's design makes possible."""
+    comparisons = []
+    for cohort, part in plan.groupby("cohort", sort=False):
+        modalities = dict(zip(part["model"], part["modalities"]))
+        settings = sorted({bool(a) for a in part["augment"]})
+        fused = [m for m, mod in modalities.items() if is_fused(mod)]
+        single = [m for m, mod in modalities.items() if not is_fused(mod)]
+        comparisons += [
+            Comparison(cohort, "fusion_vs_single", (f, a), (s, a)) for a in settings for f in fused for s in single
+        ]
+        if settings == [False, True]:
+            comparisons += [Comparison(cohort, "augmentation", (m, True), (m, False)) for m in modalities]
+    return comparisons
+
+
+def _paired_splits(results: pd.DataFrame, comparison: Comparison) -> pd.DataFrame:
+    """Per split: both sides' metrics (seeds averaged after pairing by seed) and the split's test/train ratio."""
+    columns = [*METRICS, "n_test", "n_train", "n_val"]
+    sides = [
+        _select(results, comparison.cohort, *side).set_index(PAIR)[columns] for side in (comparison.a, comparison.b)
+    ]
+    joined = sides[0].join(sides[1][list(METRICS)], how="inner", lsuffix="_a", rsuffix="_b")
+    joined["test_train_ratio"] = joined["n_test"] / (joined["n_train"] + joined["n_val"])
+    return joined.groupby(SPLIT).mean()
+
+
+def compare(results: pd.DataFrame, plan: pd.DataFrame) -> pd.DataFrame:
+    """Corrected resampled t-tests of every planned comparison and metric (``a - b``, one difference per split).
+
+    A comparison with fewer than two paired splits among the finished jobs is kept with NaN statistics and a
+    ``note`` saying why.
+    """
+    rows = []
+    for comparison in plan_comparisons(plan):
+        splits = _paired_splits(results, comparison)
+        ratio = float(splits["test_train_ratio"].mean()) if len(splits) else np.nan
+        for metric in METRICS:
+            a, b = splits[f"{metric}_a"], splits[f"{metric}_b"]
+            test = corrected_ttest(a - b, ratio)
+            note = "" if test["df"] else f"only {len(splits)} paired split(s) finished, 2 needed"
+            rows.append(
+                {
+                    "cohort": comparison.cohort,
+                    "kind": comparison.kind,
+                    "comparison": comparison.label,
+                    "model_a": comparison.a[0],
+                    "augment_a": comparison.a[1],
+                    "model_b": comparison.b[0],
+                    "augment_b": comparison.b[1],
+                    "metric": metric,
+                    "n_splits": int((a - b).notna().sum()),
+                    "test_train_ratio": ratio,
+                    "mean_a": a.mean(),
+                    "mean_b": b.mean(),
+                    **test,
+                    "significant": bool(test["p"] < ALPHA),
+                    "note": note,
+                }
+            )
+    return pd.DataFrame(rows, columns=list(COMPARISON_COLUMNS))
+
+
+QUESTIONS = (
+    "Does augmentation help the fused model on the small paired cohort?",
+    "Does augmentation help the 3D CNN on the large MRI-only cohort?",
+)
+
+
+def paper_questions(comparisons: pd.DataFrame, plan: pd.DataFrame) -> list[tuple[str, pd.DataFrame]]:
+    """The paper's two questions, each with the primary-metric comparisons that answer it (possibly none).
+
+    The fused model's question is answered in every cohort that has a fused model; the 3D CNN's in every cohort
+    without a fused model, for the single-input MRI models.
+    """
+    fused = plan["modalities"].map(is_fused)
+    rows = comparisons[(comparisons["kind"] == "augmentation") & (comparisons["metric"] == PRIMARY)]
+    in_fused_cohort = rows["cohort"].isin(set(plan.loc[fused, "cohort"]))
+    fused_rows = rows[in_fused_cohort & rows["model_a"].isin(set(plan.loc[fused, "model"]))]
+    mri_rows = rows[~in_fused_cohort & rows["model_a"].isin(set(plan.loc[plan["modalities"] == "MR", "model"]))]
+    return [(QUESTIONS[0], fused_rows), (QUESTIONS[1], mri_rows)]
