@@ -2,8 +2,18 @@
 
 from __future__ import annotations
 
-from pipeline.networks.fmri_rnn import FMRIClassifier, FMRIEncoder
+from pipeline.networks.fmri_rnn import SEQUENCES, FMRIClassifier, FMRIEncoder, sequence_encoder
+from pipeline.networks.fmri_volume import FrameEncoder3D
 from pipeline.networks.fusion import FusionClassifier
 from pipeline.networks.mri_cnn import MRIClassifier, MRIEncoder3D
 
-__all__ = ["FMRIClassifier", "FMRIEncoder", "FusionClassifier", "MRIClassifier", "MRIEncoder3D"]
+__all__ = [
+    "SEQUENCES",
+    "FMRIClassifier",
+    "FMRIEncoder",
+    "FrameEncoder3D",
+    "FusionClassifier",
+    "MRIClassifier",
+    "MRIEncoder3D",
+    "sequence_encoder",
+]

@@ -1,9 +1,23 @@
-"""Recurrent encoder and classifier for fMRI ROI time series ``[B, R, T]``."""
+"""Recurrent encoder and classifier for fMRI sequences ``[B, ..., T]`` (time last).
+
+Sequence modes (``sequence``), matching :func:`pipeline.transforms.fmri_steps`:
+
+- ``"roi"``: ROI time series ``[B, R, T]``, read by :class:`FMRIEncoder` directly;
+- ``"dfc"``: sliding-window ROI-pair correlations ``[B, R (R - 1) / 2, W]``, read the same way;
+- ``"volume"``: downsampled frames ``[B, X, Y, Z, T]``, a 3D CNN shared over time
+  (:class:`~pipeline.networks.fmri_volume.FrameEncoder3D`) then :class:`FMRIEncoder` (a CNN-LSTM).
+"""
 
 from __future__ import annotations
 
+from collections.abc import Sequence
+
 import torch
 from torch import nn
+
+from pipeline.networks.fmri_volume import FrameEncoder3D
+
+SEQUENCES = ("roi", "dfc", "volume")
 
 
 class FMRIEncoder(nn.Module):
@@ -13,7 +27,7 @@ class FMRIEncoder(nn.Module):
     output swings more than when they drift apart.
 
     Args:
-        n_rois: ROIs per time step (116 for AAL).
+        n_rois: features per time step: ROIs (116 for AAL), ROI pairs or frame features.
         hidden_size: recurrent units per direction.
         num_layers: stacked recurrent layers.
         cell: ``"lstm"`` or ``"gru"``.
@@ -55,12 +69,44 @@ class FMRIEncoder(nn.Module):
         return self.project(torch.cat(pooled, dim=1))
 
 
+def sequence_encoder(
+    sequence: str = "roi",
+    n_rois: int = 116,
+    hidden_size: int = 64,
+    num_layers: int = 1,
+    cell: str = "lstm",
+    bidirectional: bool = False,
+    embed_dim: int = 64,
+    dropout: float = 0.2,
+    frame_channels: Sequence[int] = (8, 16, 32),
+    frame_dim: int = 32,
+) -> nn.Module:
+    """The encoder of one sequence mode: ``[B, ..., T]`` -> ``[B, embed_dim]``.
+
+    Args:
+        sequence: ``"roi"``, ``"dfc"`` or ``"volume"`` (see the module docstring).
+        n_rois: atlas ROIs (``roi``, ``dfc``; unused by ``volume``).
+        hidden_size, num_layers, cell, bidirectional, embed_dim, dropout: see :class:`FMRIEncoder`.
+        frame_channels, frame_dim: the frame CNN of ``volume`` mode, see :class:`FrameEncoder3D`.
+    """
+    recurrent = {"hidden_size": hidden_size, "num_layers": num_layers, "cell": cell, "bidirectional": bidirectional}
+    recurrent.update(embed_dim=embed_dim, dropout=dropout)
+    if sequence == "roi":
+        return FMRIEncoder(n_rois, **recurrent)
+    if sequence == "dfc":
+        return FMRIEncoder(n_rois * (n_rois - 1) // 2, **recurrent)
+    if sequence == "volume":
+        return nn.Sequential(FrameEncoder3D(frame_channels, frame_dim, dropout), FMRIEncoder(frame_dim, **recurrent))
+    raise ValueError(f"fmri sequence must be one of {', '.join(SEQUENCES)}, got {sequence!r}")
+
+
 class FMRIClassifier(nn.Module):
-    """Recurrent network on ROI time series -> class logits.
+    """Recurrent network on an fMRI sequence -> class logits.
 
     Args:
         num_classes: number of diagnoses.
         n_rois, hidden_size, num_layers, cell, bidirectional, embed_dim, dropout: see :class:`FMRIEncoder`.
+        sequence, frame_channels, frame_dim: see :func:`sequence_encoder`.
     """
 
     def __init__(
@@ -73,11 +119,25 @@ class FMRIClassifier(nn.Module):
         bidirectional: bool = False,
         embed_dim: int = 64,
         dropout: float = 0.2,
+        sequence: str = "roi",
+        frame_channels: Sequence[int] = (8, 16, 32),
+        frame_dim: int = 32,
     ) -> None:
         super().__init__()
-        self.encoder = FMRIEncoder(n_rois, hidden_size, num_layers, cell, bidirectional, embed_dim, dropout)
+        self.encoder = sequence_encoder(
+            sequence,
+            n_rois,
+            hidden_size,
+            num_layers,
+            cell,
+            bidirectional,
+            embed_dim,
+            dropout,
+            frame_channels,
+            frame_dim,
+        )
         self.head = nn.Linear(embed_dim, num_classes)
 
     def forward(self, series: torch.Tensor) -> torch.Tensor:
-        """``[B, R, T]`` -> logits ``[B, num_classes]``."""
+        """``[B, ..., T]`` -> logits ``[B, num_classes]``."""
         return self.head(self.encoder(series))

@@ -7,12 +7,13 @@ from collections.abc import Sequence
 import torch
 from torch import nn
 
-from pipeline.networks.fmri_rnn import FMRIEncoder
+from pipeline.networks.fmri_rnn import sequence_encoder
 from pipeline.networks.mri_cnn import MRIEncoder3D
 
 
 class FusionClassifier(nn.Module):
-    """Late fusion of a 3D CNN (T1) and a recurrent network (fMRI ROI series).
+    """Late fusion of a 3D CNN (T1) and a recurrent network (fMRI sequence, any mode of
+    :func:`~pipeline.networks.fmri_rnn.sequence_encoder`).
 
     ``forward(image, series)``: the MRI is the first input (``image``), the fMRI sequence the second, so MONAI's
     ``PrepareBatchExtraInput(extra_keys="series")`` feeds it.
@@ -28,6 +29,8 @@ class FusionClassifier(nn.Module):
         fmri_embed_dim: fMRI embedding size.
         fusion_dim: hidden size of the fused head.
         dropout: dropout in encoders and head.
+        fmri_sequence: ``"roi"``, ``"dfc"`` or ``"volume"``.
+        fmri_frame_channels: frame CNN channels in ``volume`` mode.
     """
 
     def __init__(
@@ -42,11 +45,21 @@ class FusionClassifier(nn.Module):
         fmri_embed_dim: int = 64,
         fusion_dim: int = 64,
         dropout: float = 0.2,
+        fmri_sequence: str = "roi",
+        fmri_frame_channels: Sequence[int] = (8, 16, 32),
     ) -> None:
         super().__init__()
         self.mri_encoder = MRIEncoder3D(1, mri_channels, mri_embed_dim, dropout)
-        self.fmri_encoder = FMRIEncoder(
-            n_rois, fmri_hidden_size, fmri_num_layers, fmri_cell, False, fmri_embed_dim, dropout
+        self.fmri_encoder = sequence_encoder(
+            fmri_sequence,
+            n_rois,
+            fmri_hidden_size,
+            fmri_num_layers,
+            fmri_cell,
+            False,
+            fmri_embed_dim,
+            dropout,
+            fmri_frame_channels,
         )
         self.head = nn.Sequential(
             nn.Linear(mri_embed_dim + fmri_embed_dim, fusion_dim),
@@ -56,5 +69,5 @@ class FusionClassifier(nn.Module):
         )
 
     def forward(self, image: torch.Tensor, series: torch.Tensor) -> torch.Tensor:
-        """``[B, 1, X, Y, Z]`` and ``[B, R, T]`` -> logits ``[B, num_classes]``."""
+        """``[B, 1, X, Y, Z]`` and the fMRI sequence ``[B, ..., T]`` -> logits ``[B, num_classes]``."""
         return self.head(torch.cat([self.mri_encoder(image), self.fmri_encoder(series)], dim=1))
