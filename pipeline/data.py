@@ -29,8 +29,9 @@ def manifest_datalist(
     """MONAI data list of the manifest rows in ``splits`` (``None``: every row).
 
     Each item has the modality keys (``image`` for the T1, ``series`` for the BOLD run, or as ``keys`` says), ``tr``
-    (seconds, resolved by :func:`~pipeline.transforms.fmri.resolve_tr`), ``label`` (class index, when
-    ``labelled``), ``subject_id`` and ``session_id``.
+    (seconds, resolved by :func:`~pipeline.transforms.fmri.resolve_tr`), ``confounds`` (the run's confounds TSV or
+    ``""``, when the manifest has that column), ``label`` (class index, when ``labelled``), ``subject_id`` and
+    ``session_id``.
 
     Args:
         manifest: manifest CSV.
@@ -79,6 +80,8 @@ def _item(row, modalities: Sequence[str], keys: Mapping[str, str], labelled: boo
             item["tr"] = resolve_tr(row["fmri"], row.get("tr"))
         except TRError as err:
             raise TRError(f"{where}:{row['line']}: {row['subject_id']}: {err}") from None
+        if "confounds" in row:
+            item["confounds"] = row["confounds"]
     if labelled:
         item["label"] = CLASS_NAMES.index(row["diagnosis"])
     return item
