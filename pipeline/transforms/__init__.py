@@ -32,7 +32,7 @@ from pipeline.transforms.fmri import (
     load_confounds,
     resolve_tr,
 )
-from pipeline.transforms.mri import DEFAULT_MRI_AUGMENTATION, mri_steps, mri_transforms
+from pipeline.transforms.mri import DEFAULT_MRI_AUGMENTATION, mri_steps, mri_transforms, resample_overrides
 
 
 def subject_transforms(
@@ -46,7 +46,8 @@ def subject_transforms(
     """The chain of one subject: the MRI and/or fMRI chains, all deterministic steps before any random one.
 
     Keeping the deterministic steps first lets ``CacheDataset`` / ``PersistentDataset`` cache both modalities'
-    preprocessing while augmentation is drawn anew each epoch.
+    preprocessing while augmentation is drawn anew each epoch. The MRI steps come last among the deterministic ones
+    and first among the random ones, so its lazy spatial steps stay adjacent and, uncached, resample once.
 
     Args:
         modalities: the inputs the model reads: ``["mri"]``, ``["fmri"]`` or ``["mri", "fmri"]``.
@@ -62,12 +63,12 @@ def subject_transforms(
     keys = {"mri": "image", "fmri": "series", **(keys or {})}
     steps = {"mri": mri_steps, "fmri": fmri_steps}
     options = {"mri": mri or {}, "fmri": fmri or {}}
-    parts = [
-        steps[m](keys=keys[m], train=train, augment=augment, **options[m]) for m in ("mri", "fmri") if m in modalities
-    ]
+    parts = {m: steps[m](keys=keys[m], train=train, augment=augment, **options[m]) for m in modalities}
+    deterministic = [t for m in ("fmri", "mri") if m in parts for t in parts[m][0]]
+    random = [t for m in ("mri", "fmri") if m in parts for t in parts[m][1]]
     used = [keys[m] for m in ("mri", "fmri") if m in modalities]
     final = EnsureTyped(keys=used, dtype=torch.float32, track_meta=False)
-    return Compose([t for det, _ in parts for t in det] + [t for _, rand in parts for t in rand] + [final])
+    return Compose(deterministic + random + [final], lazy=None, overrides=resample_overrides(keys["mri"]))
 
 
 __all__ = [

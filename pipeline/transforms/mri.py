@@ -1,8 +1,15 @@
-"""The structural MRI chain: one function, used by training, evaluation, inference and the study runner."""
+"""The structural MRI chain: one function, used by training, evaluation, inference, preprocess and the study runner.
+
+Geometry is resampled once. The steps that need voxel values (percentile scaling, the head's bounding box) run on
+the scan as loaded; the spatial steps after them (foreground crop, world-aligned RAS grid at ``pixdim``, pad/crop
+to ``spatial_size``, and in training the random affine and flip) are MONAI lazy transforms, so they accumulate as
+one matrix and the scan is interpolated once. With a cache, the deterministic part is resampled once per subject
+and stored; the random affine then resamples the cached grid each epoch.
+"""
 
 from __future__ import annotations
 
-from collections.abc import Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
 
 import numpy as np
 import torch
@@ -11,26 +18,47 @@ from monai.transforms import (
     CropForegroundd,
     EnsureTyped,
     LoadImaged,
-    Orientationd,
     RandAdjustContrastd,
     RandAffined,
     RandBiasFieldd,
+    RandFlipd,
     RandGaussianNoised,
+    RandGibbsNoised,
+    RandKSpaceSpikeNoised,
+    RandRicianNoised,
+    RandTorchIOd,
     ResizeWithPadOrCropd,
     ScaleIntensityRangePercentilesd,
     Spacingd,
 )
+from monai.utils import optional_import
 
 from pipeline.transforms.settings import merge_settings
 
-# Left-right flipping is deliberately absent: atrophy in Alzheimer's disease is asymmetric, so a flip changes
-# the anatomy the classifier should learn.
+_, HAS_TORCHIO = optional_import("torchio")
+
+#: Probability and range of each training augmentation, in the order they apply; the bundle key
+#: ``mri_augmentation`` overrides any of them (``{motion: {prob: 0.2}}``) and a transform with ``prob`` 0 is left
+#: out. Left-right ``flip`` is off: atrophy in Alzheimer's disease is asymmetric, so a flip changes the anatomy the
+#: classifier should learn. ``motion`` and ``ghosting`` run TorchIO through MONAI's bridge (``pip install
+#: 'neurofusion[torchio]'``); their translations are in voxels of the model grid, and TorchIO draws from torch's
+#: global generator (seeded by the bundles' ``seed``), not from ``Compose.set_random_state``.
 DEFAULT_MRI_AUGMENTATION: dict[str, dict] = {
     "affine": {"prob": 0.5, "rotate_range": 0.1, "scale_range": 0.05, "translate_range": 3},
+    "flip": {"prob": 0.0},
     "bias_field": {"prob": 0.3, "coeff_range": [0.0, 0.1]},
+    "motion": {"prob": 0.0, "degrees": 5.0, "translation": 2.0, "num_transforms": 2},
+    "ghosting": {"prob": 0.0, "num_ghosts": [2, 6], "intensity": [0.2, 0.5]},
+    "spike": {"prob": 0.0, "intensity_range": None},
+    "gibbs": {"prob": 0.0, "alpha": [0.0, 0.5]},
     "noise": {"prob": 0.3, "std": 0.02},
+    "rician_noise": {"prob": 0.0, "std": 0.02},
     "contrast": {"prob": 0.3, "gamma": [0.8, 1.25]},
 }
+
+#: How the accumulated lazy matrix is applied. MONAI 1.6 does not carry each transform's interpolation settings
+#: into the lazy resample, so they are set here, once, for the whole chain.
+LAZY_RESAMPLE: dict = {"mode": "bilinear", "padding_mode": "zeros", "dtype": torch.float32}
 
 
 def head_foreground(image: torch.Tensor) -> torch.Tensor:
@@ -38,25 +66,59 @@ def head_foreground(image: torch.Tensor) -> torch.Tensor:
     return image > 0.1
 
 
-def mri_augmentations(keys: str | Sequence[str], settings: Mapping[str, Mapping]) -> list:
-    """The random MRI transforms (train partition only), configured by ``settings`` (see the defaults)."""
-    affine = dict(settings["affine"])
-    return [
-        RandAffined(
+def resample_overrides(keys: str | Sequence[str]) -> dict:
+    """``Compose(overrides=...)`` applying :data:`LAZY_RESAMPLE` to the MRI ``keys``."""
+    return {key: dict(LAZY_RESAMPLE) for key in ([keys] if isinstance(keys, str) else keys)}
+
+
+def _torchio(keys, name: str, what: str, settings: Mapping, **kwargs) -> RandTorchIOd:
+    if not HAS_TORCHIO:
+        raise ImportError(
+            f"MRI augmentation {what!r} needs TorchIO: pip install 'neurofusion[torchio]' (or set its prob to 0)"
+        )
+    return RandTorchIOd(keys=keys, name=name, p=settings["prob"], **kwargs)
+
+
+def mri_augmentations(keys: str | Sequence[str], settings: Mapping[str, Mapping], lazy: bool = True) -> list:
+    """The random MRI transforms (train partition only), in the order of :data:`DEFAULT_MRI_AUGMENTATION`.
+
+    Args:
+        keys: data keys of T1 volumes.
+        settings: complete per-transform settings (see :func:`~pipeline.transforms.settings.merge_settings`).
+        lazy: the affine and flip join the pending resample of the deterministic steps.
+    """
+    builders: dict[str, Callable[[Mapping], object]] = {
+        "affine": lambda s: RandAffined(
             keys=keys,
-            prob=affine["prob"],
-            rotate_range=[affine["rotate_range"]] * 3,
-            scale_range=[affine["scale_range"]] * 3,
-            translate_range=[affine["translate_range"]] * 3,
+            prob=s["prob"],
+            rotate_range=[s["rotate_range"]] * 3,
+            scale_range=[s["scale_range"]] * 3,
+            translate_range=[s["translate_range"]] * 3,
             mode="bilinear",
             padding_mode="zeros",
+            lazy=lazy,
         ),
-        RandBiasFieldd(
-            keys=keys, prob=settings["bias_field"]["prob"], coeff_range=tuple(settings["bias_field"]["coeff_range"])
+        "flip": lambda s: RandFlipd(keys=keys, prob=s["prob"], spatial_axis=0, lazy=lazy),
+        "bias_field": lambda s: RandBiasFieldd(keys=keys, prob=s["prob"], coeff_range=tuple(s["coeff_range"])),
+        "motion": lambda s: _torchio(
+            keys,
+            "RandomMotion",
+            "motion",
+            s,
+            degrees=s["degrees"],
+            translation=s["translation"],
+            num_transforms=s["num_transforms"],
         ),
-        RandGaussianNoised(keys=keys, prob=settings["noise"]["prob"], std=settings["noise"]["std"]),
-        RandAdjustContrastd(keys=keys, prob=settings["contrast"]["prob"], gamma=tuple(settings["contrast"]["gamma"])),
-    ]
+        "ghosting": lambda s: _torchio(
+            keys, "RandomGhosting", "ghosting", s, num_ghosts=tuple(s["num_ghosts"]), intensity=tuple(s["intensity"])
+        ),
+        "spike": lambda s: RandKSpaceSpikeNoised(keys=keys, prob=s["prob"], intensity_range=s["intensity_range"]),
+        "gibbs": lambda s: RandGibbsNoised(keys=keys, prob=s["prob"], alpha=tuple(s["alpha"])),
+        "noise": lambda s: RandGaussianNoised(keys=keys, prob=s["prob"], std=s["std"]),
+        "rician_noise": lambda s: RandRicianNoised(keys=keys, prob=s["prob"], std=s["std"]),
+        "contrast": lambda s: RandAdjustContrastd(keys=keys, prob=s["prob"], gamma=tuple(s["gamma"])),
+    }
+    return [build(settings[name]) for name, build in builders.items() if settings[name]["prob"] > 0]
 
 
 def mri_steps(
@@ -66,12 +128,18 @@ def mri_steps(
     train: bool = False,
     augment: bool = False,
     augmentation: Mapping[str, Mapping] | None = None,
+    lazy: bool = True,
 ) -> tuple[list, list]:
     """The MRI chain as (deterministic steps, random steps).
 
-    Load a T1, bring it to RAS at ``pixdim`` mm, map the 0.5th-99.5th intensity percentiles to [0, 1] (per image,
-    so nothing is fitted across subjects), crop the head's bounding box and pad/crop it to ``spatial_size``.
-    In training with ``augment``, random affine, bias field, noise and gamma contrast follow.
+    Load a T1 (any orientation, datatype, byte order, NIfTI-1/2, ``scl_slope``/``scl_inter`` applied, a 4D file's
+    single volume as the channel), map its 0.5th-99.5th intensity percentiles to [0, 1] (per image, so nothing is
+    fitted across subjects), crop the head's bounding box, resample onto a world-aligned RAS grid at ``pixdim`` mm
+    (``Spacingd(diagonal=True)``: it orients too, and an oblique scan loses its slab tilt) and pad/crop to
+    ``spatial_size``. In training with ``augment`` the augmentations of :func:`mri_augmentations` follow.
+
+    Compose the steps with ``lazy=None`` and ``overrides=resample_overrides(keys)`` (as :func:`mri_transforms` and
+    :func:`~pipeline.transforms.subject_transforms` do) so the lazy steps resample once.
 
     Args:
         keys: data keys holding T1 paths.
@@ -80,21 +148,39 @@ def mri_steps(
         train: training chain (augmentation applies only when True).
         augment: train-only augmentation on.
         augmentation: per-transform settings overriding :data:`DEFAULT_MRI_AUGMENTATION`.
+        lazy: defer the spatial steps into one resample (False: each step resamples on its own, MONAI's eager mode).
     """
     settings = merge_settings(DEFAULT_MRI_AUGMENTATION, augmentation, "MRI")
     source = keys if isinstance(keys, str) else keys[0]
     deterministic = [
         LoadImaged(keys=keys, image_only=True, ensure_channel_first=True, dtype=np.float32),
-        Orientationd(keys=keys, axcodes="RAS", labels=(("L", "R"), ("P", "A"), ("I", "S"))),
-        Spacingd(keys=keys, pixdim=tuple(pixdim), mode="bilinear"),
         ScaleIntensityRangePercentilesd(keys=keys, lower=0.5, upper=99.5, b_min=0.0, b_max=1.0, clip=True),
-        CropForegroundd(keys=keys, source_key=source, select_fn=head_foreground, margin=2),
-        ResizeWithPadOrCropd(keys=keys, spatial_size=tuple(spatial_size)),
+        CropForegroundd(
+            keys=keys, source_key=source, select_fn=head_foreground, margin=2, allow_smaller=True, lazy=lazy
+        ),
+        Spacingd(
+            keys=keys,
+            pixdim=tuple(pixdim),
+            diagonal=True,
+            mode="bilinear",
+            padding_mode="zeros",
+            dtype=torch.float32,
+            lazy=lazy,
+        ),
+        ResizeWithPadOrCropd(keys=keys, spatial_size=tuple(spatial_size), lazy=lazy),
     ]
-    return deterministic, (mri_augmentations(keys, settings) if train and augment else [])
+    return deterministic, (mri_augmentations(keys, settings, lazy) if train and augment else [])
 
 
-def mri_transforms(keys: str | Sequence[str] = "image", **kwargs) -> Compose:
-    """The MRI chain as one ``Compose`` (arguments of :func:`mri_steps`), deterministic steps first."""
+def mri_transforms(keys: str | Sequence[str] = "image", track_meta: bool = False, **kwargs) -> Compose:
+    """The MRI chain as one ``Compose`` (arguments of :func:`mri_steps`), deterministic steps first.
+
+    Args:
+        keys: data keys holding T1 paths.
+        track_meta: return a ``MetaTensor`` carrying the output affine (to write what the model sees); False gives
+            the plain float32 tensor the networks read.
+        kwargs: arguments of :func:`mri_steps`.
+    """
     deterministic, random = mri_steps(keys, **kwargs)
-    return Compose(deterministic + random + [EnsureTyped(keys=keys, dtype=torch.float32, track_meta=False)])
+    final = EnsureTyped(keys=keys, dtype=torch.float32, track_meta=track_meta)
+    return Compose(deterministic + random + [final], lazy=None, overrides=resample_overrides(keys))
