@@ -1,12 +1,22 @@
-"""Glue between the bundles' YAML and MONAI's engines: metrics, handlers, bundle location."""
+"""Glue between the bundles' YAML and MONAI's engines: metrics, handlers, checkpoints, distributed set-up,
+training options, bundle location."""
 
 from __future__ import annotations
 
 import os
 from pathlib import Path
 
+from pipeline.engine.checkpoint import KeyMetricCheckpointSaver, ResumeCheckpointLoader, ResumeCheckpointSaver
+from pipeline.engine.distributed import (
+    destroy_distributed,
+    distributed_network,
+    init_distributed,
+    is_main_process,
+    local_device,
+)
 from pipeline.engine.handlers import PredictionWriter, TrainingLog
 from pipeline.engine.metrics import METRICS, ClassificationMetric, classification_metrics, stack_pred_label
+from pipeline.engine.training import ValidationEarlyStop, class_weights, installed
 
 REPO_BUNDLES = Path(__file__).resolve().parents[2] / "bundles"
 
@@ -23,9 +33,20 @@ def bundle_root(name: str) -> str:
 __all__ = [
     "METRICS",
     "ClassificationMetric",
+    "KeyMetricCheckpointSaver",
     "PredictionWriter",
+    "ResumeCheckpointLoader",
+    "ResumeCheckpointSaver",
     "TrainingLog",
+    "ValidationEarlyStop",
     "bundle_root",
+    "class_weights",
     "classification_metrics",
+    "destroy_distributed",
+    "distributed_network",
+    "init_distributed",
+    "installed",
+    "is_main_process",
+    "local_device",
     "stack_pred_label",
 ]

@@ -5,9 +5,12 @@ from __future__ import annotations
 import math
 from collections.abc import Sequence
 
+import ignite.distributed as idist
 import numpy as np
 import torch
+from ignite.exceptions import NotComputableError
 from ignite.metrics import EpochMetric
+from monai.utils import evenly_divisible_all_gather
 from scipy.stats import rankdata
 
 from pipeline import CLASS_NAMES
@@ -70,7 +73,9 @@ def stack_pred_label(output) -> tuple[torch.Tensor, torch.Tensor]:
 class ClassificationMetric(EpochMetric):
     """Ignite metric over a whole epoch: one of :data:`METRICS` from :func:`classification_metrics`.
 
-    Expects the engine's ``pred`` to be class probabilities (apply softmax in post-processing).
+    Expects the engine's ``pred`` to be class probabilities (apply softmax in post-processing). In a distributed
+    run it is computed over the items of every process, which may hold unequal shares (a validation
+    ``DistributedSampler`` that does not pad with duplicates); ignite's ``EpochMetric`` needs equal shares.
 
     Args:
         name: one of :data:`METRICS`.
@@ -85,3 +90,13 @@ class ClassificationMetric(EpochMetric):
             return classification_metrics(label.cpu().numpy(), pred.cpu().numpy(), num_classes)[name]
 
         super().__init__(compute, output_transform=stack_pred_label, check_compute_fn=False)
+
+    def compute(self) -> float:
+        if not self._predictions:
+            raise NotComputableError(f"{type(self).__name__} must have at least one example before it can be computed.")
+        pred, label = torch.cat(self._predictions), torch.cat(self._targets)
+        if idist.get_world_size() > 1:
+            device = idist.device()  # NCCL gathers CUDA tensors only
+            pred = evenly_divisible_all_gather(pred.to(device)).cpu()
+            label = evenly_divisible_all_gather(label.to(device)).cpu()
+        return self.compute_fn(pred, label)
