@@ -19,6 +19,7 @@ COMMAND_MODULES = (
     "pipeline.commands.signals",
     "pipeline.commands.study",
     "pipeline.commands.bench",
+    "pipeline.commands.export",
 )
 
 
