@@ -156,6 +156,12 @@ def _labels_on_grid(atlas: Atlas, shape: tuple[int, ...], affine_bytes: bytes, o
     return _GridLabels(voxels, averaging, counts)
 
 
+def _float64_block(voxels_by_time: np.ndarray, voxels: np.ndarray, columns: slice, finite: bool) -> np.ndarray:
+    """Some time points of the region voxels in float64 (a temporary: one block is alive at a time)."""
+    block = voxels_by_time[voxels, columns].astype(np.float64)
+    return np.nan_to_num(block, copy=False, posinf=0, neginf=0) if finite else block
+
+
 def _as_numpy(array: torch.Tensor | np.ndarray) -> np.ndarray:
     """A CPU array view (no copy for CPU tensors)."""
     return np.asarray(array.detach().cpu()) if isinstance(array, torch.Tensor) else np.asarray(array)
@@ -214,10 +220,8 @@ class ROISignals(Transform):
         means = np.empty((grid.averaging.shape[0], steps))
         chunk = max(1, _CHUNK_VALUES // max(len(grid.voxels), 1))
         for start in range(0, steps, chunk):
-            block = voxels_by_time[grid.voxels, start : start + chunk].astype(np.float64)
-            if finite:
-                np.nan_to_num(block, copy=False, posinf=0, neginf=0)
-            means[:, start : start + chunk] = grid.averaging @ block
+            columns = slice(start, start + chunk)
+            means[:, columns] = grid.averaging @ _float64_block(voxels_by_time, grid.voxels, columns, finite)
         if not finite and not np.isfinite(means).all():
             return ROISignals._means(voxels_by_time, grid, finite=True)
         return means
