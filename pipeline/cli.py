@@ -17,6 +17,7 @@ from collections.abc import Sequence
 COMMAND_MODULES = (
     "pipeline.commands.data",
     "pipeline.commands.signals",
+    "pipeline.commands.preprocess",
     "pipeline.commands.study",
     "pipeline.commands.bench",
     "pipeline.commands.export",
