@@ -193,6 +193,11 @@ def test_crop_spacing_padding_and_affine_are_one_resample(mni, monkeypatch):
     assert len(calls) == 1
 
 
+def test_scan_already_on_the_target_grid_comes_back_compact_not_as_a_view_of_the_loaded_array(mni):
+    image = mri_transforms(spatial_size=(64, 72, 64), pixdim=(2.0, 2.0, 2.0))({"image": str(mni / "ras.nii.gz")})
+    assert image["image"].untyped_storage().nbytes() == image["image"].numel() * 4
+
+
 def test_in_memory_cache_holds_the_resampled_deterministic_output_and_augments_after_it(mni):
     data = [{"image": str(mni / "ras.nii.gz")}]
     chain = mri_transforms(train=True, augment=True, augmentation={"affine": {"prob": 1.0}}, **GRID)

@@ -57,8 +57,10 @@ DEFAULT_MRI_AUGMENTATION: dict[str, dict] = {
 }
 
 #: How the accumulated lazy matrix is applied. MONAI 1.6 does not carry each transform's interpolation settings
-#: into the lazy resample, so they are set here, once, for the whole chain.
-LAZY_RESAMPLE: dict = {"mode": "bilinear", "padding_mode": "zeros", "dtype": torch.float32}
+#: into the lazy resample, so they are set here, once, for the whole chain. ``resample_mode`` other than "auto"
+#: always interpolates: a scan already on the target grid would otherwise come back as a view into the whole loaded
+#: array, which a cache then keeps (twice the memory and disk per subject at the demo resolution).
+LAZY_RESAMPLE: dict = {"mode": "bilinear", "padding_mode": "zeros", "dtype": torch.float32, "resample_mode": "resample"}
 
 
 def head_foreground(image: torch.Tensor) -> torch.Tensor:
