@@ -1,0 +1,139 @@
+"""Training features of the bundles, run as a user runs them: tracking, progress, resume, early stopping, weights."""
+
+from __future__ import annotations
+
+import shutil
+
+import pandas as pd
+import pytest
+import torch
+from monai.bundle import ConfigWorkflow
+from monai.utils import path_to_sqlite_uri
+
+from pipeline.engine import class_weights
+from pipeline.engine.metrics import METRICS
+from tests.conftest import REPO, TINY_OVERRIDES, cli_overrides, run_cli
+
+CONFIGS = REPO / "bundles" / "fmri_lstm" / "configs"
+
+
+def train(out, manifest, *args: str, **overrides) -> str:
+    """Train the fMRI bundle into ``out`` (eval/, ckpt/) with ``python -m monai.bundle run``; returns its log."""
+    overrides = {
+        **TINY_OVERRIDES,
+        "manifest": manifest,
+        "output_dir": out / "eval",
+        "ckpt_dir": out / "ckpt",
+        **overrides,
+    }
+    result = run_cli(
+        "-m", "monai.bundle", "run", "--config_file", str(CONFIGS / "train.yaml"), *args, *cli_overrides(overrides)
+    )
+    assert result.returncode == 0, result.stderr[-3000:]
+    return result.stdout + result.stderr
+
+
+@pytest.fixture(scope="module")
+def manifest(fold_dir):
+    return fold_dir / "repeat-0_fold-0" / "manifest.csv"
+
+
+@pytest.fixture(scope="module")
+def tracked(manifest, tmp_path_factory):
+    """A two-epoch training with MLflow tracking and the progress bar on; returns (run folder, its log)."""
+    out = tmp_path_factory.mktemp("tracked")
+    return out, train(out, manifest, "--tracking", "mlflow", progress=True)
+
+
+def test_learning_curve_goes_to_tensorboard(tracked):
+    event_accumulator = pytest.importorskip(
+        "tensorboard.backend.event_processing.event_accumulator", reason="TensorBoard is an optional extra"
+    )
+    out, _ = tracked
+    events = event_accumulator.EventAccumulator(str(out / "eval" / "tensorboard"))
+    events.Reload()
+    curve = pd.read_csv(out / "eval" / "training_log.csv")
+    logged = [event.value for event in events.Scalars("val_balanced_accuracy")]
+    assert [event.step for event in events.Scalars("train_loss")] == [1, 2]
+    assert logged == pytest.approx(list(curve["val_balanced_accuracy"]))
+
+
+@pytest.mark.filterwarnings("ignore:The ``noload`` loader strategy is deprecated")
+def test_mlflow_tracking_records_train_loss_and_validation_metrics(tracked):
+    mlflow = pytest.importorskip("mlflow", reason="MLflow is an optional extra")
+    out, _ = tracked
+    client = mlflow.MlflowClient(tracking_uri=path_to_sqlite_uri(str(out / "eval" / "mlruns.db")))
+    experiment = client.get_experiment_by_name("monai_experiment")
+    (run,) = client.search_runs([experiment.experiment_id])
+    assert {"train_loss", *METRICS} <= set(run.data.metrics)
+    assert [m.step for m in client.get_metric_history(run.info.run_id, "balanced_accuracy")] == [1, 2]
+
+
+def test_metrics_saver_writes_the_latest_validation(tracked):
+    out, _ = tracked
+    saved = pd.read_csv(out / "eval" / "validation" / "metrics.csv", header=None, index_col=0)[1]
+    last_epoch = pd.read_csv(out / "eval" / "training_log.csv").iloc[-1]
+    assert {m: saved[m] for m in METRICS} == pytest.approx({m: last_epoch[f"val_{m}"] for m in METRICS}, nan_ok=True)
+
+
+def test_progress_bar_shows_epochs_when_asked(tracked):
+    _, log = tracked
+    assert "Epoch [2/2]" in log
+
+
+def test_resume_continues_from_the_last_epoch(tracked, manifest, tmp_path):
+    out, _ = tracked
+    for part in ("eval", "ckpt"):
+        shutil.copytree(out / part, tmp_path / part)
+    log = train(tmp_path, manifest, epochs=3)
+    assert "Restored all variables from" in log
+    curve = pd.read_csv(tmp_path / "eval" / "training_log.csv")
+    assert list(curve["epoch"]) == [1, 2, 3]
+    pd.testing.assert_frame_equal(curve.iloc[:2], pd.read_csv(out / "eval" / "training_log.csv"))
+    trainer = torch.load(tmp_path / "ckpt" / "checkpoint.pt", weights_only=True)["trainer"]
+    assert trainer["iteration"] == 3 * trainer["epoch_length"]
+
+
+def test_resume_state_keeps_the_best_model_record(tracked):
+    out, _ = tracked
+    record = torch.load(out / "ckpt" / "checkpoint.pt", weights_only=True)["best_model"]["_saved"]
+    best = pd.read_csv(out / "eval" / "training_log.csv")["val_balanced_accuracy"].max()
+    assert [score for score, _ in record] == pytest.approx([best])
+
+
+def test_early_stopping_ends_training_when_validation_stops_improving(manifest, tmp_path):
+    # learning rate 0: the validation metric never improves after the first epoch
+    log = train(tmp_path, manifest, epochs=5, learning_rate=0.0, early_stop_patience=1)
+    assert "EarlyStopping: Stop training" in log
+    assert list(pd.read_csv(tmp_path / "eval" / "training_log.csv")["epoch"]) == [1, 2]
+
+
+def test_balanced_class_weights_are_inverse_training_class_frequencies(manifest, tmp_path):
+    skewed = pd.read_csv(manifest)
+    skewed.loc[(skewed["split"] == "test") & (skewed["diagnosis"] == "CN"), "split"] = "train"  # more CN
+    skewed.to_csv(manifest.parent / "skewed.csv", index=False)
+    flow = ConfigWorkflow(
+        config_file=str(CONFIGS / "train.yaml"),
+        logging_file=False,
+        workflow_type="train",
+        manifest=str(manifest.parent / "skewed.csv"),
+        class_weights="balanced",
+        output_dir=str(tmp_path),
+        ckpt_dir=str(tmp_path),
+        cache_rate=0.0,
+    )
+    flow.initialize()
+    counts = skewed.query("split == 'train'")["diagnosis"].value_counts()
+    assert counts["CN"] > counts["AD"]
+    expected = [counts.sum() / (3 * counts[name]) for name in ("CN", "MCI", "AD")]
+    assert flow.parser.get_parsed_content("loss").weight.tolist() == pytest.approx(expected)
+
+
+def test_class_weights_refuse_an_unknown_scheme():
+    with pytest.raises(ValueError, match="class_weights must be null, 'balanced' or 3 numbers"):
+        class_weights("inverse", [{"label": 0}])
+
+
+def test_balanced_class_weights_refuse_a_class_without_training_rows():
+    with pytest.raises(ValueError, match="no training rows of class AD"):
+        class_weights("balanced", [{"label": 0}, {"label": 1}])
