@@ -1,0 +1,26 @@
+"""``neurofusion bench mri`` and ``bench train`` run and report their figures (speed is never asserted)."""
+
+from __future__ import annotations
+
+import re
+
+import pytest
+import torch
+
+from pipeline.cli import main
+
+
+@pytest.fixture
+def keep_torch_threads():
+    """The benchmarks' --threads sets torch's global thread count; later tests get the original back."""
+    threads = torch.get_num_threads()
+    yield
+    torch.set_num_threads(threads)
+
+
+def test_bench_mri_prints_eager_lazy_and_cache_ratios_and_cache_memory(capsys, keep_torch_threads):
+    assert main(["bench", "mri", "--quick", "--repeats", "1", "--subjects", "8", "--threads", "1"]) == 0
+    out = capsys.readouterr().out
+    assert len(re.findall(r"\d+ +\d+ +[\d.]+x  r=[01]\.\d{4}, 0\.0\d{3}", out)) == 6
+    assert re.search(r"the T1s above +default +[\d.]+ +[\d.]+ +\d+x", out)
+    assert re.search(r"in memory \(CacheDataset\) +peak RSS \+ *\d+ MiB = +\d+ KiB/subject", out)
