@@ -59,8 +59,8 @@ def main(argv: Sequence[str] | None = None) -> int:
 
 
 def _one_line(err: BaseException) -> str:
-    # MONAI wraps errors raised inside config expressions; the root cause is what the user needs
-    while err.__cause__ is not None and "Failed to evaluate" in str(err):
+    # MONAI wraps errors raised inside config expressions and transform chains; the root cause is what users need
+    while err.__cause__ is not None and ("Failed to evaluate" in str(err) or str(err).startswith("applying transform")):
         err = err.__cause__
     text = str(err).strip().splitlines()
     return text[0] if text else type(err).__name__

@@ -31,6 +31,7 @@ def bundle_root(name: str) -> str:
 
 
 __all__ = [
+    "flag",
     "METRICS",
     "ClassificationMetric",
     "KeyMetricCheckpointSaver",
@@ -50,3 +51,24 @@ __all__ = [
     "local_device",
     "stack_pred_label",
 ]
+
+
+_TRUE, _FALSE = {"true", "yes", "on", "1"}, {"false", "no", "off", "0", "none", "null", ""}
+
+
+def flag(value, name: str) -> bool:
+    """A bundle switch as a bool. ``python -m monai.bundle run --augment false`` passes the *string* "false",
+    which Python treats as true; this reads it as the user meant and refuses anything that is not a yes/no.
+
+    Args:
+        value: the key's value (bool, 0/1, or a string such as "true"/"false").
+        name: the key, for the error message.
+    """
+    if isinstance(value, bool):
+        return value
+    if isinstance(value, int) and value in (0, 1):
+        return bool(value)
+    text = str(value).strip().lower()
+    if text in _TRUE | _FALSE:
+        return text in _TRUE
+    raise ValueError(f"bundle key '{name}' must be true or false, got {value!r}")

@@ -10,14 +10,20 @@ from torch import nn
 
 
 class MRIEncoder3D(nn.Module):
-    """Stacked 3D convolution blocks (conv - instance norm - PReLU, stride-2 downsampling), global average pooled
-    to an embedding.
+    """Stacked 3D convolution blocks (conv - norm - PReLU, stride-2 downsampling), global average pooled to an
+    embedding.
+
+    Batch normalisation is the default: the global average pool then measures *how much* of a pattern a scan holds
+    (e.g. the CSF volume of enlarged ventricles). Instance normalisation standardises every channel of every scan
+    on its own, so right before the pool it erases exactly that amount; on the synthetic cohort it learned
+    ventricle enlargement far more slowly and generalised worse.
 
     Args:
         in_channels: input channels (1 for a T1).
         channels: output channels of each block; every block after the first halves the resolution.
         embed_dim: size of the embedding.
         dropout: dropout before the embedding projection.
+        norm: MONAI norm name of the blocks (``"BATCH"``, ``"INSTANCE"``, ...).
     """
 
     def __init__(
@@ -26,6 +32,7 @@ class MRIEncoder3D(nn.Module):
         channels: Sequence[int] = (8, 16, 32, 64),
         embed_dim: int = 64,
         dropout: float = 0.2,
+        norm: str = "BATCH",
     ) -> None:
         super().__init__()
         blocks = []
@@ -39,7 +46,7 @@ class MRIEncoder3D(nn.Module):
                     strides=1 if index == 0 else 2,
                     kernel_size=3,
                     act="PRELU",
-                    norm="INSTANCE",
+                    norm=norm,
                 )
             )
             previous = width
@@ -58,7 +65,7 @@ class MRIClassifier(nn.Module):
 
     Args:
         num_classes: number of diagnoses.
-        in_channels, channels, embed_dim, dropout: see :class:`MRIEncoder3D`.
+        in_channels, channels, embed_dim, dropout, norm: see :class:`MRIEncoder3D`.
     """
 
     def __init__(
@@ -68,9 +75,10 @@ class MRIClassifier(nn.Module):
         channels: Sequence[int] = (8, 16, 32, 64),
         embed_dim: int = 64,
         dropout: float = 0.2,
+        norm: str = "BATCH",
     ) -> None:
         super().__init__()
-        self.encoder = MRIEncoder3D(in_channels, channels, embed_dim, dropout)
+        self.encoder = MRIEncoder3D(in_channels, channels, embed_dim, dropout, norm)
         self.head = nn.Linear(embed_dim, num_classes)
 
     def forward(self, image: torch.Tensor) -> torch.Tensor:
