@@ -73,7 +73,9 @@ def read_manifest(path: str | Path) -> pd.DataFrame:
     root = path.resolve().parent
     for column in PATH_COLUMNS:
         if column in frame.columns:
-            frame[column] = [os.path.normpath(root / v) if v and not Path(v).is_absolute() else v for v in frame[column]]
+            frame[column] = [
+                os.path.normpath(root / v) if v and not Path(v).is_absolute() else v for v in frame[column]
+            ]
     frame[LINE] = np.arange(len(frame)) + 2
     frame.attrs["path"] = str(path)
     return frame

@@ -6,7 +6,17 @@ import pytest
 
 from tests.conftest import run_cli
 
-COMMANDS = ["synth", "manifest check", "manifest from-bids", "manifest from-table", "split", "roi", "experiment", "report", "demo"]
+COMMANDS = [
+    "synth",
+    "manifest check",
+    "manifest from-bids",
+    "manifest from-table",
+    "split",
+    "roi",
+    "experiment",
+    "report",
+    "demo",
+]
 
 
 @pytest.mark.parametrize("command", COMMANDS)
