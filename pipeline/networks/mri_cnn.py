@@ -24,6 +24,8 @@ class MRIEncoder3D(nn.Module):
         embed_dim: size of the embedding.
         dropout: dropout before the embedding projection.
         norm: MONAI norm name of the blocks (``"BATCH"``, ``"INSTANCE"``, ...).
+        channels_last: run the convolutions in channels-last 3D memory layout: the same results, a faster CPU
+            training step (``neurofusion bench train``).
     """
 
     def __init__(
@@ -33,6 +35,7 @@ class MRIEncoder3D(nn.Module):
         embed_dim: int = 64,
         dropout: float = 0.2,
         norm: str = "BATCH",
+        channels_last: bool = True,
     ) -> None:
         super().__init__()
         blocks = []
@@ -54,9 +57,14 @@ class MRIEncoder3D(nn.Module):
         self.pool = nn.AdaptiveAvgPool3d(1)
         self.project = nn.Sequential(nn.Flatten(), nn.Dropout(dropout), nn.Linear(previous, embed_dim), nn.ReLU())
         self.embed_dim = embed_dim
+        self.channels_last = channels_last
+        if channels_last:
+            self.to(memory_format=torch.channels_last_3d)
 
     def forward(self, image: torch.Tensor) -> torch.Tensor:
         """``[B, C, X, Y, Z]`` -> ``[B, embed_dim]``."""
+        if self.channels_last:
+            image = image.contiguous(memory_format=torch.channels_last_3d)
         return self.project(self.pool(self.features(image)))
 
 
@@ -65,7 +73,7 @@ class MRIClassifier(nn.Module):
 
     Args:
         num_classes: number of diagnoses.
-        in_channels, channels, embed_dim, dropout, norm: see :class:`MRIEncoder3D`.
+        in_channels, channels, embed_dim, dropout, norm, channels_last: see :class:`MRIEncoder3D`.
     """
 
     def __init__(
@@ -76,9 +84,10 @@ class MRIClassifier(nn.Module):
         embed_dim: int = 64,
         dropout: float = 0.2,
         norm: str = "BATCH",
+        channels_last: bool = True,
     ) -> None:
         super().__init__()
-        self.encoder = MRIEncoder3D(in_channels, channels, embed_dim, dropout, norm)
+        self.encoder = MRIEncoder3D(in_channels, channels, embed_dim, dropout, norm, channels_last)
         self.head = nn.Linear(embed_dim, num_classes)
 
     def forward(self, image: torch.Tensor) -> torch.Tensor:
