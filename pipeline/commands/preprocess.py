@@ -36,12 +36,6 @@ def bundle_mri_grid(bundle: str) -> dict:
     return {option: parser.get_parsed_content(key) for key, option in BUNDLE_GRID_KEYS.items()}
 
 
-def _root_cause(err: BaseException) -> BaseException:
-    while err.__cause__ is not None:
-        err = err.__cause__
-    return err
-
-
 def cmd_preprocess(args: argparse.Namespace) -> int:
     import numpy as np
     from monai.data import NibabelWriter
@@ -54,10 +48,7 @@ def cmd_preprocess(args: argparse.Namespace) -> int:
         raise CommandError(f"{args.out}: the output must be .nii or .nii.gz")
     grid = bundle_mri_grid(args.bundle) if args.bundle else {}
     grid.update({k: v for k, v in (("spatial_size", args.spatial_size), ("pixdim", args.pixdim)) if v})
-    try:
-        image = mri_transforms(track_meta=True, **grid)({"image": args.mri})["image"]
-    except Exception as err:  # MONAI wraps the reader's error in "applying transform ..."
-        raise CommandError(f"{args.mri}: {_root_cause(err)}") from err
+    image = mri_transforms(track_meta=True, **grid)({"image": args.mri})["image"]
     writer = NibabelWriter(output_dtype=np.float32)
     writer.set_data_array(image, channel_dim=0)
     writer.set_metadata(image.meta, resample=False)
