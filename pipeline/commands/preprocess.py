@@ -66,8 +66,8 @@ def register(sub) -> None:
         description="Run the MRI chain of the bundles on one T1 (evaluation mode: no augmentation) and write the "
         "result: intensities mapped to [0, 1], the head cropped, resampled onto a world-aligned RAS grid and "
         "padded/cropped to the model's size. The affine is the one the chain computed, so the output overlays on "
-        "the input in a viewer. The grid comes from --bundle's train.yaml (mri_spatial_size, mri_pixdim), then "
-        "from --spatial-size/--pixdim, else the defaults (48 56 48 voxels of 3 mm).",
+        "the input in a viewer. --spatial-size/--pixdim override the grid of --bundle's train.yaml "
+        "(mri_spatial_size, mri_pixdim); without either, 48 x 56 x 48 voxels of 3 mm.",
     )
     p.add_argument("--mri", required=True, help="T1 NIfTI (.nii or .nii.gz, any orientation or datatype)")
     p.add_argument("--out", required=True, help="output .nii or .nii.gz")
