@@ -13,11 +13,12 @@ from __future__ import annotations
 import argparse
 import itertools
 from dataclasses import dataclass
-
-import torch
-import torch.nn.functional as F
+from typing import TYPE_CHECKING
 
 from pipeline.bench import best_time
+
+if TYPE_CHECKING:  # torch is imported where used: `neurofusion --help` loads every benchmark module
+    import torch
 
 describe = (
     "3D CNN train step: samples/s and achieved FLOP/s (fraction of this machine's fp32 matmul rate) for thread "
@@ -51,16 +52,20 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
         default=1e-3,
         help="largest relative change of the logits that counts as the same result (default 1e-3)",
     )
-    parser.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu", help="cpu or cuda")
+    parser.add_argument("--device", help="cpu or cuda (default: cuda when available)")
 
 
 def _synchronize(device: torch.device) -> None:
+    import torch
+
     if device.type == "cuda":
         torch.cuda.synchronize(device)
 
 
 def matmul_flops(device: torch.device, repeats: int, size: int | None = None) -> float:
     """fp32 matrix-multiply FLOP/s of ``device`` (best of ``repeats``), the machine's reference rate."""
+    import torch
+
     size = size or (8192 if device.type == "cuda" else 2048)
     a, b = (torch.randn(size, size, device=device) for _ in range(2))
 
@@ -75,6 +80,8 @@ def matmul_flops(device: torch.device, repeats: int, size: int | None = None) ->
 def batches_of_cubes(count: int, shape: tuple, device: torch.device, seed: int) -> list:
     """``count`` (images, labels) batches a network learns in a few steps: noise plus a bright cube whose position
     depends on the class (uniform noise alone leaves the probabilities where they start, hiding any difference)."""
+    import torch
+
     generator = torch.Generator().manual_seed(seed)
     batches = []
     for _ in range(count):
@@ -97,6 +104,8 @@ class Run:
     """
 
     def __init__(self, setting: Setting, weights: dict, batches: list) -> None:
+        import torch
+
         from pipeline.networks import MRIClassifier
 
         self.setting = setting
@@ -106,11 +115,16 @@ class Run:
         self.optimizer = torch.optim.AdamW(self.network.parameters(), lr=1e-3)
 
     def logits(self, images: torch.Tensor) -> torch.Tensor:
+        import torch
+
         with torch.autocast(images.device.type, dtype=torch.bfloat16, enabled=self.setting.bf16):
             return self.network(images).float()
 
     def steps(self) -> None:
         """One training step per batch (seconds are taken around this)."""
+        import torch
+        import torch.nn.functional as F
+
         torch.set_num_threads(self.setting.threads)
         for images, labels in self.batches:
             self.optimizer.zero_grad(set_to_none=True)
@@ -120,6 +134,8 @@ class Run:
 
     def probabilities(self, images: torch.Tensor, logits: bool = False) -> torch.Tensor:
         """Class probabilities (or the logits) of the network in evaluation mode."""
+        import torch
+
         self.network.eval()
         with torch.no_grad():
             output = self.logits(images)
@@ -129,6 +145,7 @@ class Run:
 
 def step_flops(weights: dict, batch: tuple) -> int:
     """FLOPs of one fp32 training step (forward and backward; the optimizer's element-wise work is not counted)."""
+    import torch
     from torch.utils.flop_counter import FlopCounterMode
 
     with FlopCounterMode(display=False) as counter:
@@ -138,6 +155,8 @@ def step_flops(weights: dict, batch: tuple) -> int:
 
 def _compare(runs: list[Run], baseline: Run, held_out: torch.Tensor) -> tuple[dict, dict]:
     """Per run: relative change of the initial logits, and largest class-probability change after the same steps."""
+    import torch
+
     start = {r: r.probabilities(held_out, logits=True) for r in runs}
     logits = {r: float((start[r] - start[baseline]).norm() / start[baseline].norm()) for r in runs}
     for r in runs:  # the same training steps, with the same dropout draws, from the same weights
@@ -156,9 +175,11 @@ def _seconds_per_step(runs: list[Run], repeats: int) -> dict:
 
 
 def run(args: argparse.Namespace) -> int:
+    import torch
+
     from pipeline.networks import MRIClassifier
 
-    device = torch.device(args.device)
+    device = torch.device(args.device or ("cuda" if torch.cuda.is_available() else "cpu"))
     default_threads = torch.get_num_threads()
     torch.manual_seed(0)
     weights = MRIClassifier(channels_last=False).state_dict()
