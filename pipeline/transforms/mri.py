@@ -158,7 +158,14 @@ def mri_steps(
         LoadImaged(keys=keys, image_only=True, ensure_channel_first=True, dtype=np.float32),
         ScaleIntensityRangePercentilesd(keys=keys, lower=0.5, upper=99.5, b_min=0.0, b_max=1.0, clip=True),
         CropForegroundd(
-            keys=keys, source_key=source, select_fn=head_foreground, margin=2, allow_smaller=True, lazy=lazy
+            keys=keys,
+            source_key=source,
+            select_fn=head_foreground,
+            margin=2,
+            allow_smaller=True,
+            start_coord_key=None,  # the box is in the image's affine; stored coordinates would not collate
+            end_coord_key=None,  # between cached (numpy) and fresh (tensor) items
+            lazy=lazy,
         ),
         Spacingd(
             keys=keys,
