@@ -146,7 +146,9 @@ def _paired_splits(results: pd.DataFrame, comparison: Comparison) -> pd.DataFram
     sides = [
         _select(results, comparison.cohort, *side).set_index(PAIR)[columns] for side in (comparison.a, comparison.b)
     ]
-    joined = sides[0].join(sides[1][list(METRICS)], how="inner", lsuffix="_a", rsuffix="_b")
+    joined = sides[0].merge(
+        sides[1][list(METRICS)], how="inner", left_index=True, right_index=True, suffixes=("_a", "_b")
+    )
     joined["test_train_ratio"] = joined["n_test"] / (joined["n_train"] + joined["n_val"])
     return joined.groupby(SPLIT).mean()
 
