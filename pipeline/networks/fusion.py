@@ -1,4 +1,5 @@
-"""Fused 3DCNN-LSTM classifier: MRI and fMRI embeddings concatenated, then a shared head."""
+"""Fused 3DCNN-LSTM classifier: MRI and fMRI embeddings concatenated, then a shared head; MRI alone when the fMRI
+is missing."""
 
 from __future__ import annotations
 
@@ -16,7 +17,9 @@ class FusionClassifier(nn.Module):
     :func:`~pipeline.networks.fmri_rnn.sequence_encoder`).
 
     ``forward(image, series)``: the MRI is the first input (``image``), the fMRI sequence the second, so MONAI's
-    ``PrepareBatchExtraInput(extra_keys="series")`` feeds it.
+    ``PrepareBatchExtraInput(extra_keys="series")`` feeds it. ``forward(image)`` (no fMRI) is the MRI-only path: a
+    learned "missing fMRI" embedding stands in for the fMRI encoder's. Training with ``modality_dropout`` > 0
+    substitutes it for that fraction of the samples' fMRI embeddings, so the head learns to classify without fMRI.
 
     Args:
         num_classes: number of diagnoses.
@@ -31,6 +34,7 @@ class FusionClassifier(nn.Module):
         dropout: dropout in encoders and head.
         fmri_sequence: ``"roi"``, ``"dfc"`` or ``"volume"``.
         fmri_frame_channels: frame CNN channels in ``volume`` mode.
+        modality_dropout: probability, per training sample, of replacing the fMRI embedding by the missing one.
     """
 
     def __init__(
@@ -47,8 +51,12 @@ class FusionClassifier(nn.Module):
         dropout: float = 0.2,
         fmri_sequence: str = "roi",
         fmri_frame_channels: Sequence[int] = (8, 16, 32),
+        modality_dropout: float = 0.0,
     ) -> None:
         super().__init__()
+        self.modality_dropout = float(modality_dropout)
+        if not 0.0 <= self.modality_dropout <= 1.0:
+            raise ValueError(f"modality_dropout must be a probability in [0, 1], got {modality_dropout}")
         self.mri_encoder = MRIEncoder3D(1, mri_channels, mri_embed_dim, dropout)
         self.fmri_encoder = sequence_encoder(
             fmri_sequence,
@@ -61,6 +69,7 @@ class FusionClassifier(nn.Module):
             dropout,
             fmri_frame_channels,
         )
+        self.missing_fmri = nn.Parameter(torch.zeros(fmri_embed_dim))
         self.head = nn.Sequential(
             nn.Linear(mri_embed_dim + fmri_embed_dim, fusion_dim),
             nn.ReLU(),
@@ -68,6 +77,18 @@ class FusionClassifier(nn.Module):
             nn.Linear(fusion_dim, num_classes),
         )
 
-    def forward(self, image: torch.Tensor, series: torch.Tensor) -> torch.Tensor:
-        """``[B, 1, X, Y, Z]`` and the fMRI sequence ``[B, ..., T]`` -> logits ``[B, num_classes]``."""
-        return self.head(torch.cat([self.mri_encoder(image), self.fmri_encoder(series)], dim=1))
+    def forward(self, image: torch.Tensor, series: torch.Tensor | None = None) -> torch.Tensor:
+        """``[B, 1, X, Y, Z]`` and the fMRI sequence ``[B, ..., T]`` (or None) -> logits ``[B, num_classes]``."""
+        mri = self.mri_encoder(image)
+        missing = self.missing_fmri.expand(mri.shape[0], -1)
+        if series is None:
+            return self.fuse(mri, missing)
+        fmri = self.fmri_encoder(series)
+        if self.training:  # the missing embedding stays in the graph: DistributedDataParallel sees it used
+            dropped = torch.rand(fmri.shape[0], 1, device=fmri.device) < self.modality_dropout
+            fmri = torch.where(dropped, missing, fmri)
+        return self.fuse(mri, fmri)
+
+    def fuse(self, mri_embedding: torch.Tensor, fmri_embedding: torch.Tensor) -> torch.Tensor:
+        """Logits from the two embeddings (``[B, mri_embed_dim]``, ``[B, fmri_embed_dim]``)."""
+        return self.head(torch.cat([mri_embedding, fmri_embedding], dim=1))
