@@ -23,6 +23,7 @@ import pandas as pd
 from sklearn.model_selection import RepeatedStratifiedKFold, train_test_split
 
 from pipeline import CLASS_NAMES
+from pipeline.images import ImageError, check_header, check_values
 from pipeline.io import atomic_write_text
 
 REQUIRED_COLUMNS = ("subject_id",)
@@ -85,23 +86,41 @@ def _where(frame: pd.DataFrame, row: pd.Series) -> str:
     return f"{frame.attrs.get('path', 'manifest')}:{row[LINE]}: {row['subject_id'] or '<no subject_id>'}"
 
 
-def _image_problem(path: str, column: str) -> str | None:
-    """Header-level check of one image file; returns a problem message or None."""
-    if not Path(path).is_file():
-        return f"{column} file not found: {path}"
+def _image_problem(path: str, column: str, voxels: bool) -> str | None:
+    """Check of one image file (header and size; with ``voxels`` the values too); a problem message or None."""
     try:
-        header = nib.load(path).header
-    except Exception as err:  # nibabel raises many types for corrupt files
-        return f"{column} file is not a readable NIfTI: {path} ({type(err).__name__}: {err})"
-    shape = tuple(int(s) for s in header.get_data_shape())
-    if column == "mri" and not (len(shape) == 3 or (len(shape) == 4 and shape[3] == 1)):
-        return f"mri must be a 3D T1 image, got shape {shape}: {path}"
-    if column == "fmri" and (len(shape) != 4 or shape[3] < 2):
-        return f"fmri must be a 4D BOLD run, got shape {shape}: {path}"
+        check_header(path, column)
+        if voxels:
+            check_values(np.asanyarray(nib.load(path).dataobj), column, path)
+    except ImageError as err:
+        return str(err)
     return None
 
 
-def _row_problems(row: pd.Series, columns: Iterable[str], require_diagnosis: bool, check_files: bool) -> list[str]:
+def _tr_value_problem(tr: str) -> str | None:
+    """The manifest's ``tr`` value: blank, or a positive number."""
+    if _blank(tr):
+        return None
+    try:
+        return None if float(tr) > 0 else f"tr must be a positive number of seconds, got {tr!r}"
+    except ValueError:
+        return f"tr is not a number: {tr!r}"
+
+
+def _tr_problem(row: pd.Series) -> str | None:
+    """The TR of a row's fMRI run, resolved as training will (manifest, sidecar, header); a problem or None."""
+    from pipeline.transforms.fmri import resolve_tr  # imported here: reading a manifest needs no torch / MONAI
+
+    try:
+        resolve_tr(row["fmri"], row.get("tr"))
+    except ValueError as err:  # TRError, or a header nibabel cannot read
+        return str(err)
+    return None
+
+
+def _row_problems(
+    row: pd.Series, columns: Iterable[str], require_diagnosis: bool, check_files: bool, check_voxels: bool
+) -> list[str]:
     problems = []
     if _blank(row["subject_id"]):
         problems.append("empty subject_id")
@@ -114,18 +133,16 @@ def _row_problems(row: pd.Series, columns: Iterable[str], require_diagnosis: boo
     split = row.get("split", "")
     if not _blank(split) and split not in SPLITS:
         problems.append(f"unknown split {split!r} (expected one of {', '.join(SPLITS)})")
-    tr = row.get("tr", "")
-    if not _blank(tr):
-        try:
-            if not float(tr) > 0:
-                problems.append(f"tr must be a positive number of seconds, got {tr!r}")
-        except ValueError:
-            problems.append(f"tr is not a number: {tr!r}")
+    tr = _tr_value_problem(row.get("tr", ""))
+    problems += [tr] if tr else []
     paths = [c for c in IMAGE_COLUMNS if c in columns and not _blank(row.get(c))]
     if not paths:
         problems.append("no image: both mri and fmri are empty")
     if check_files:
-        problems += [p for c in paths if (p := _image_problem(row[c], c))]
+        images = [p for c in paths if (p := _image_problem(row[c], c, check_voxels))]
+        problems += images
+        if "fmri" in paths and not (images or tr) and (p := _tr_problem(row)):
+            problems.append(p)
         confounds = row.get("confounds", "")
         if not _blank(confounds) and not Path(confounds).is_file():
             problems.append(f"confounds file not found: {confounds}")
@@ -138,6 +155,7 @@ def validate_manifest(
     require_diagnosis: bool = False,
     require: Sequence[str] = (),
     check_files: bool = True,
+    check_voxels: bool = False,
 ) -> list[str]:
     """Every problem of a manifest, one message each, naming the file, line and subject.
 
@@ -145,12 +163,16 @@ def validate_manifest(
         frame: a manifest from :func:`read_manifest`.
         require_diagnosis: every row needs a diagnosis (training and evaluation).
         require: modality columns every row must have (e.g. ``("mri", "fmri")`` for the fused model).
-        check_files: open each image header (existence, readability, dimensionality).
+        check_files: open each image header (existence, readability, dimensionality, plausible grid, a file holding
+            all its data) and resolve each fMRI run's TR (:func:`pipeline.images.check_header`,
+            :func:`~pipeline.transforms.fmri.resolve_tr`).
+        check_voxels: also read every image's voxels and refuse NaN, infinite or blank ones
+            (:func:`pipeline.images.check_values`; reads every file in full).
     """
     problems = []
     for _, row in frame.iterrows():
         where = _where(frame, row)
-        found = _row_problems(row, frame.columns, require_diagnosis, check_files)
+        found = _row_problems(row, frame.columns, require_diagnosis, check_files, check_files and check_voxels)
         found += [f"missing {c} (this workflow needs it)" for c in require if _blank(row.get(c))]
         problems += [f"{where}: {p}" for p in found]
     keys = ["subject_id"] + (["session_id"] if "session_id" in frame.columns else [])

@@ -53,7 +53,9 @@ def cmd_manifest_check(args: argparse.Namespace) -> int:
 
     frame = read_manifest(args.manifest)
     require = [m for m in (args.require or "").split(",") if m]
-    problems = validate_manifest(frame, require_diagnosis=args.require_diagnosis, require=require)
+    problems = validate_manifest(
+        frame, require_diagnosis=args.require_diagnosis, require=require, check_voxels=not args.headers_only
+    )
     for problem in problems:
         print(problem)
     if problems:
@@ -95,12 +97,18 @@ def _add_manifest(sub) -> None:
         "check",
         help="validate a manifest",
         description="Validate a manifest: columns, diagnoses, duplicate subject/session rows, subjects in several "
-        "partitions, and that every image exists, is readable NIfTI and has the right dimensionality. Every problem "
-        "is printed with its file, line and subject; the exit status is 1 if any is found.",
+        "partitions; that every image exists, is readable NIfTI with the right dimensionality and a plausible grid, "
+        "holds all the data its header promises (not truncated) and has usable voxels (no NaN or infinite values, "
+        "not blank, a BOLD run changing over time); and that every fMRI run has a plausible TR in seconds (manifest, "
+        "sidecar or header). Every problem is printed with its file, line and subject; the exit status is 1 if any "
+        "is found.",
     )
     check.add_argument("manifest", help="manifest CSV")
     check.add_argument("--require-diagnosis", action="store_true", help="every row needs a diagnosis")
     check.add_argument("--require", help="comma-separated modalities every row needs, e.g. mri,fmri")
+    check.add_argument(
+        "--headers-only", action="store_true", help="check headers and file sizes only, without reading the voxels"
+    )
     check.set_defaults(func=cmd_manifest_check)
     _add_manifest_builders(msub)
 

@@ -22,9 +22,10 @@ def cmd_roi(args: argparse.Namespace) -> int:
     from monai.transforms import LoadImage
 
     from pipeline.io import atomic_path, atomic_write_text
-    from pipeline.transforms import ROISignals
+    from pipeline.transforms import CheckImageFile, CheckImageValues, ROISignals
 
-    signals = ROISignals(args.atlas, empty=args.empty)(LoadImage(image_only=True, dtype=np.float32)(args.bold))
+    run = LoadImage(image_only=True, dtype=np.float32)(CheckImageFile("fmri")(args.bold))
+    signals = ROISignals(args.atlas, empty=args.empty)(CheckImageValues("fmri")(run))
     if args.detrend or args.standardize or args.high_pass or args.low_pass or args.confounds:
         signals = _cleaned(signals, args)
     values = np.asarray(signals)

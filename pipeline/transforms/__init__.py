@@ -7,6 +7,7 @@ from collections.abc import Mapping, Sequence
 import torch
 from monai.transforms import Compose, EnsureTyped
 
+from pipeline.transforms.checks import CheckImageFile, CheckImageFiled, CheckImageValues, CheckImageValuesd
 from pipeline.transforms.fmri import (
     DEFAULT_CONFOUNDS,
     DEFAULT_FMRI_AUGMENTATION,
@@ -72,6 +73,10 @@ def subject_transforms(
 
 
 __all__ = [
+    "CheckImageFile",
+    "CheckImageFiled",
+    "CheckImageValues",
+    "CheckImageValuesd",
     "DEFAULT_CONFOUNDS",
     "DEFAULT_FMRI_AUGMENTATION",
     "DEFAULT_MRI_AUGMENTATION",

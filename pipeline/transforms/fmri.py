@@ -51,6 +51,7 @@ from scipy import sparse
 
 from pipeline.atlas import Atlas, load_atlas
 from pipeline.networks.fmri_rnn import SEQUENCES
+from pipeline.transforms.checks import CheckImageFiled, CheckImageValuesd
 from pipeline.transforms.settings import merge_settings
 
 logger = logging.getLogger(__name__)
@@ -732,12 +733,17 @@ DEFAULT_FMRI_AUGMENTATION: dict[str, dict] = {
 
 
 def _sequence_source(keys, sequence: str, atlas: str, volume_size: Sequence[int], volume_pixdim) -> list:
-    """Load the run and turn it into the mode's series: ROI means, or downsampled RAS frames ``[X, Y, Z, T]``."""
-    load = LoadImaged(keys=keys, image_only=True, dtype=np.float32)
+    """Check and load the run (:mod:`pipeline.transforms.checks`) and turn it into the mode's series: ROI means, or
+    downsampled RAS frames ``[X, Y, Z, T]``."""
+    load = [
+        CheckImageFiled(keys=keys, kind="fmri"),
+        LoadImaged(keys=keys, image_only=True, dtype=np.float32),
+        CheckImageValuesd(keys=keys, kind="fmri"),
+    ]
     if sequence != "volume":
-        return [load, ROISignalsd(keys=keys, atlas=atlas)]
+        return [*load, ROISignalsd(keys=keys, atlas=atlas)]
     return [
-        load,
+        *load,
         EnsureChannelFirstd(keys=keys, channel_dim=-1),  # time as channels: the spatial steps move every frame alike
         Orientationd(keys=keys, axcodes="RAS", labels=(("L", "R"), ("P", "A"), ("I", "S"))),
         Spacingd(keys=keys, pixdim=tuple(volume_pixdim), mode="bilinear"),

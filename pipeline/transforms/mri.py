@@ -33,6 +33,7 @@ from monai.transforms import (
 )
 from monai.utils import optional_import
 
+from pipeline.transforms.checks import CheckImageFiled, CheckImageValuesd
 from pipeline.transforms.settings import merge_settings
 
 _, HAS_TORCHIO = optional_import("torchio")
@@ -135,10 +136,12 @@ def mri_steps(
     """The MRI chain as (deterministic steps, random steps).
 
     Load a T1 (any orientation, datatype, byte order, NIfTI-1/2, ``scl_slope``/``scl_inter`` applied, a 4D file's
-    single volume as the channel), map its 0.5th-99.5th intensity percentiles to [0, 1] (per image, so nothing is
-    fitted across subjects), crop the head's bounding box, resample onto a world-aligned RAS grid at ``pixdim`` mm
-    (``Spacingd(diagonal=True)``: it orients too, and an oblique scan loses its slab tilt) and pad/crop to
-    ``spatial_size``. In training with ``augment`` the augmentations of :func:`mri_augmentations` follow.
+    single volume as the channel; a file that is not a T1, is truncated or claims an absurd grid is refused from its
+    header, and NaN, infinite or blank voxels once loaded: :mod:`pipeline.transforms.checks`), map its 0.5th-99.5th
+    intensity percentiles to [0, 1] (per image, so nothing is fitted across subjects), crop the head's bounding box,
+    resample onto a world-aligned RAS grid at ``pixdim`` mm (``Spacingd(diagonal=True)``: it orients too, and an
+    oblique scan loses its slab tilt) and pad/crop to ``spatial_size``. In training with ``augment`` the augmentations
+    of :func:`mri_augmentations` follow.
 
     Compose the steps with ``lazy=None`` and ``overrides=resample_overrides(keys)`` (as :func:`mri_transforms` and
     :func:`~pipeline.transforms.subject_transforms` do) so the lazy steps resample once.
@@ -155,7 +158,9 @@ def mri_steps(
     settings = merge_settings(DEFAULT_MRI_AUGMENTATION, augmentation, "MRI")
     source = keys if isinstance(keys, str) else keys[0]
     deterministic = [
+        CheckImageFiled(keys=keys, kind="mri"),
         LoadImaged(keys=keys, image_only=True, ensure_channel_first=True, dtype=np.float32),
+        CheckImageValuesd(keys=keys, kind="mri"),
         ScaleIntensityRangePercentilesd(keys=keys, lower=0.5, upper=99.5, b_min=0.0, b_max=1.0, clip=True),
         CropForegroundd(
             keys=keys,
