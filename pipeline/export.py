@@ -19,6 +19,8 @@ from monai.bundle import ConfigParser
 from monai.utils import get_equivalent_dtype
 from torch import nn
 
+from pipeline.io import atomic_path
+
 EXTRA_PACKAGES = ("onnx", "onnxscript", "onnxruntime")
 
 
@@ -72,16 +74,15 @@ def export_onnx(network: nn.Module, meta: Mapping, filepath: str | Path, opset_v
         opset_version: ONNX opset (None: the exporter's default).
     """
     filepath = Path(filepath)
-    filepath.parent.mkdir(parents=True, exist_ok=True)
     inputs = example_inputs(meta)  # batch 2: a batch of 1 would be specialised as a constant
     outputs = list(meta["network_data_format"]["outputs"])
     # the exporter's notes (deprecations, unrelated torchvision ops) say nothing about this model: the check does
-    with torch.no_grad(), warnings.catch_warnings(), _quiet("torch.onnx"):
+    with torch.no_grad(), warnings.catch_warnings(), _quiet("torch.onnx"), atomic_path(filepath, ".onnx") as tmp:
         warnings.simplefilter("ignore")
         torch.onnx.export(
             network,
             tuple(inputs.values()),
-            str(filepath),
+            str(tmp),
             input_names=list(inputs),
             output_names=outputs,
             dynamic_axes={name: {0: "batch"} for name in [*inputs, *outputs]},

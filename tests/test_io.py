@@ -26,3 +26,37 @@ def test_written_file_has_umask_permissions(tmp_path):
     finally:
         os.umask(old)
     assert (tmp_path / "report.html").stat().st_mode & 0o777 == 0o644
+
+
+def test_best_model_is_replaced_whole_or_not_at_all(tmp_path, monkeypatch):
+    # MONAI's saver deletes the old best model before writing the new one; a kill in between left none
+    import torch
+    from ignite.engine import Engine, Events
+
+    from pipeline.engine import KeyMetricCheckpointSaver
+
+    network = torch.nn.Linear(2, 2)
+    engine = Engine(lambda engine, batch: None)
+    scores = iter([0.5, 0.9])
+    engine.add_event_handler(Events.EPOCH_COMPLETED, lambda e: e.state.metrics.update(score=next(scores)))
+    KeyMetricCheckpointSaver(
+        save_dir=str(tmp_path),
+        save_dict={"model": network},
+        save_key_metric=True,
+        key_metric_name="score",
+        key_metric_filename="model.pt",
+    ).attach(engine)
+    engine.run([0], max_epochs=1)
+    saved = torch.load(tmp_path / "model.pt", weights_only=True)
+
+    def killed(*args, **kwargs):
+        raise RuntimeError("killed while saving")
+
+    with torch.no_grad():
+        network.weight.add_(1.0)
+    monkeypatch.setattr(torch, "save", killed)
+    with pytest.raises(RuntimeError, match="killed while saving"):
+        engine.run([0], max_epochs=2)  # a better score: the model is replaced
+    monkeypatch.undo()
+    assert torch.equal(torch.load(tmp_path / "model.pt", weights_only=True)["weight"], saved["weight"])
+    assert [p.name for p in tmp_path.iterdir()] == ["model.pt"]

@@ -6,7 +6,13 @@ from __future__ import annotations
 import os
 from pathlib import Path
 
-from pipeline.engine.checkpoint import KeyMetricCheckpointSaver, ResumeCheckpointLoader, ResumeCheckpointSaver
+from pipeline.engine.checkpoint import (
+    EpochSeed,
+    KeyMetricCheckpointSaver,
+    ResumeCheckpointLoader,
+    ResumeCheckpointSaver,
+    epoch_seed,
+)
 from pipeline.engine.distributed import (
     destroy_distributed,
     distributed_network,
@@ -14,7 +20,7 @@ from pipeline.engine.distributed import (
     is_main_process,
     local_device,
 )
-from pipeline.engine.handlers import PredictionWriter, TrainingLog
+from pipeline.engine.handlers import AtomicMetricsSaver, PredictionWriter, TrainingLog
 from pipeline.engine.metrics import METRICS, ClassificationMetric, classification_metrics, stack_pred_label
 from pipeline.engine.training import ValidationEarlyStop, class_weights, installed
 
@@ -33,7 +39,9 @@ def bundle_root(name: str) -> str:
 __all__ = [
     "flag",
     "METRICS",
+    "AtomicMetricsSaver",
     "ClassificationMetric",
+    "EpochSeed",
     "KeyMetricCheckpointSaver",
     "PredictionWriter",
     "ResumeCheckpointLoader",
@@ -45,6 +53,7 @@ __all__ = [
     "classification_metrics",
     "destroy_distributed",
     "distributed_network",
+    "epoch_seed",
     "init_distributed",
     "installed",
     "is_main_process",

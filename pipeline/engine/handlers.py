@@ -1,13 +1,18 @@
-"""Ignite handlers for the bundles: per-subject predictions and per-epoch training logs, written atomically."""
+"""Ignite handlers for the bundles: per-subject predictions, per-epoch training logs and metric reports, written
+atomically."""
 
 from __future__ import annotations
 
+import os
+import shutil
+import tempfile
 from pathlib import Path
 
 import ignite.distributed as idist
 import pandas as pd
 import torch
 from ignite.engine import Engine, Events
+from monai.handlers import MetricsSaver
 
 from pipeline import CLASS_NAMES
 from pipeline.engine.distributed import is_main_process
@@ -130,3 +135,24 @@ class TrainingLog:
         if self._writer is not None:
             self._writer.close()
             self._writer = None
+
+
+class AtomicMetricsSaver(MetricsSaver):
+    """MONAI's ``MetricsSaver`` whose reports (``metrics.csv``, and the per-subject and summary files it is asked
+    for) each appear whole: they are written into a temporary folder inside ``save_dir`` and then renamed into place,
+    so a run killed while writing leaves the previous reports. Arguments are those of
+    :class:`monai.handlers.MetricsSaver`.
+    """
+
+    def __call__(self, engine: Engine) -> None:
+        final = Path(self.save_dir)
+        final.mkdir(parents=True, exist_ok=True)
+        staging = tempfile.mkdtemp(prefix=".metrics.", dir=final)
+        self.save_dir = staging
+        try:
+            super().__call__(engine)
+            for name in os.listdir(staging):
+                os.replace(os.path.join(staging, name), final / name)
+        finally:
+            self.save_dir = str(final)
+            shutil.rmtree(staging, ignore_errors=True)
