@@ -296,6 +296,13 @@ def fold_manifest(
                 f"repeat {repeat} fold {fold}: {len(rest)} training subjects are too few to carve a stratified "
                 f"validation set of {n_val} and keep one training subject per class; use fewer folds or more subjects"
             )
+        sparse = {d: n for d, n in rest["diagnosis"].value_counts().items() if n < 2}
+        if sparse:
+            few = ", ".join(f"{d}: {n}" for d, n in sparse.items())
+            raise ValueError(
+                f"repeat {repeat} fold {fold}: training subjects are too few to carve a stratified validation set "
+                f"({few}; each class needs 2); use fewer folds, more subjects or a validation fraction of 0"
+            )
         _, val = train_test_split(
             rest, test_size=n_val, stratify=rest["diagnosis"], random_state=seed * 1000 + repeat * 100 + fold
         )

@@ -69,3 +69,11 @@ def run_cli(*args: str, cwd: Path = REPO, timeout: int = 300) -> subprocess.Comp
     """Run a command with this interpreter's environment, capturing output."""
     env = {**os.environ, "PYTHONWARNINGS": "ignore"}
     return subprocess.run([sys.executable, *args], cwd=cwd, env=env, capture_output=True, text=True, timeout=timeout)
+
+
+@pytest.fixture()
+def corpus(tmp_path):
+    """Good scans and a good manifest in ``tmp_path``, and the broken cases of ``tests.bad_inputs`` on demand."""
+    from tests.bad_inputs import Corpus
+
+    return Corpus(tmp_path)

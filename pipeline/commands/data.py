@@ -78,11 +78,16 @@ def cmd_split(args: argparse.Namespace) -> int:
     frame = load_manifest(args.manifest, require_diagnosis=True)
     folds = assign_folds(frame, args.folds, args.repeats, args.seed)
     out = Path(args.out)
+    parts = {  # every fold is built before anything is written: a refused split leaves no partial output
+        out / f"repeat-{repeat}_fold-{fold}" / "manifest.csv": fold_manifest(
+            frame, folds, repeat, fold, args.val_fraction, args.seed
+        )
+        for repeat in range(args.repeats)
+        for fold in range(args.folds)
+    }
     atomic_write_text(out / "folds.csv", folds.to_csv(index=False))
-    for repeat in range(args.repeats):
-        for fold in range(args.folds):
-            part = fold_manifest(frame, folds, repeat, fold, args.val_fraction, args.seed)
-            write_manifest(part, out / f"repeat-{repeat}_fold-{fold}" / "manifest.csv")
+    for path, part in parts.items():
+        write_manifest(part, path)
     print(
         f"{frame['subject_id'].nunique()} subjects -> {args.repeats} x {args.folds} folds; "
         f"wrote {out / 'folds.csv'} and one manifest per fold under {out}"

@@ -40,10 +40,9 @@ def cmd_preprocess(args: argparse.Namespace) -> int:
     import numpy as np
     from monai.data import NibabelWriter
 
+    from pipeline.io import atomic_path
     from pipeline.transforms import mri_transforms
 
-    if not Path(args.mri).is_file():
-        raise CommandError(f"{args.mri}: no such file")
     if not args.out.endswith((".nii", ".nii.gz")):
         raise CommandError(f"{args.out}: the output must be .nii or .nii.gz")
     grid = bundle_mri_grid(args.bundle) if args.bundle else {}
@@ -52,7 +51,8 @@ def cmd_preprocess(args: argparse.Namespace) -> int:
     writer = NibabelWriter(output_dtype=np.float32)
     writer.set_data_array(image, channel_dim=0)
     writer.set_metadata(image.meta, resample=False)
-    writer.write(args.out, verbose=False)
+    with atomic_path(args.out, suffix=".nii.gz" if args.out.endswith(".gz") else ".nii") as tmp:
+        writer.write(str(tmp), verbose=False)
     size = " x ".join(str(n) for n in image.shape[1:])
     zooms = " x ".join(f"{z:g}" for z in np.linalg.norm(image.affine.numpy()[:3, :3], axis=0))
     print(f"wrote {args.out}: {size} voxels of {zooms} mm, RAS, intensities in [0, 1]")

@@ -9,7 +9,7 @@ def _cleaned(signals, args: argparse.Namespace):
     """The ROI series cleaned as the flags ask (detrend, confounds, band-pass, z-score), metadata kept."""
     from pipeline.transforms import DEFAULT_CONFOUNDS, TemporalClean, load_confounds, resolve_tr
 
-    tr = resolve_tr(args.bold, args.tr) if (args.high_pass or args.low_pass) else None
+    tr = resolve_tr(args.bold, args.tr, given_by="--tr") if (args.high_pass or args.low_pass) else None
     columns = args.confound_columns or DEFAULT_CONFOUNDS
     confounds = load_confounds(args.confounds, columns) if args.confounds else None
     clean = TemporalClean(args.detrend, args.high_pass, args.low_pass, "zscore_sample" if args.standardize else None)

@@ -21,6 +21,7 @@ from pipeline.engine.distributed import (
     local_device,
 )
 from pipeline.engine.handlers import AtomicMetricsSaver, PredictionWriter, TrainingLog
+from pipeline.engine.keys import BundleKeyError, check_bundle_keys
 from pipeline.engine.metrics import METRICS, ClassificationMetric, classification_metrics, stack_pred_label
 from pipeline.engine.training import ValidationEarlyStop, class_weights, installed
 
@@ -40,6 +41,7 @@ __all__ = [
     "flag",
     "METRICS",
     "AtomicMetricsSaver",
+    "BundleKeyError",
     "ClassificationMetric",
     "EpochSeed",
     "KeyMetricCheckpointSaver",
@@ -49,6 +51,7 @@ __all__ = [
     "TrainingLog",
     "ValidationEarlyStop",
     "bundle_root",
+    "check_bundle_keys",
     "class_weights",
     "classification_metrics",
     "destroy_distributed",

@@ -121,18 +121,29 @@ def shard_jobs(jobs: list[Job], index: int, count: int) -> list[Job]:
     return jobs[index::count]
 
 
-def prepare_folds(study: Study, out: Path) -> None:
-    """Assign folds per cohort and write every fold manifest; the leakage guard runs on each before training."""
+def fold_tables(study: Study) -> dict[Path, pd.DataFrame]:
+    """Every cohort's ``folds.csv`` and fold manifests, by path in the run folder, built (and the cohort manifests
+    validated, the leakage guard run on each fold) before anything is written."""
+    tables = {}
     for cohort in study.cohorts:
         frame = load_manifest(cohort.manifest, require_diagnosis=True)
         folds = assign_folds(frame, study.folds, study.repeats, study.seed)
-        atomic_write_text(out / "folds" / cohort.name / "folds.csv", folds.to_csv(index=False))
+        tables[Path("folds") / cohort.name / "folds.csv"] = folds
         for repeat in range(study.repeats):
             for fold in range(study.folds):
                 part = fold_manifest(frame, folds, repeat, fold, study.val_fraction, study.seed)
                 check_no_leakage(part)
-                target = out / Job(cohort.name, "", False, repeat, fold, 0).fold_dir / "manifest.csv"
-                pipeline.manifest.write_manifest(part, target)
+                tables[Job(cohort.name, "", False, repeat, fold, 0).fold_dir / "manifest.csv"] = part
+    return tables
+
+
+def prepare_folds(study: Study, out: Path, tables: dict[Path, pd.DataFrame] | None = None) -> None:
+    """Write every cohort's folds table and fold manifests (:func:`fold_tables`, unless given) into ``out``."""
+    for relative, table in (tables if tables is not None else fold_tables(study)).items():
+        if relative.name == "folds.csv":
+            atomic_write_text(out / relative, table.to_csv(index=False))
+        else:
+            pipeline.manifest.write_manifest(table, out / relative)
 
 
 def _git(*args: str) -> str | None:
@@ -170,11 +181,23 @@ def _provenance(study: Study, cohort_manifest: Path, bundle_dir: Path) -> dict:
 
 
 def run_job(study: Study, job: Job, out: Path) -> dict:
-    """Train the job's bundle on its fold (validation carved from training), evaluate on the test fold."""
+    """Train the job's bundle on its fold (validation carved from training), evaluate on the test fold.
+
+    A job that fails leaves no folder behind; one killed outright leaves an unfinished folder that the next run
+    starts again.
+    """
     job_dir = out / job.job_dir
     if job_dir.exists():
         shutil.rmtree(job_dir)  # an unfinished earlier attempt: start it again
     job_dir.mkdir(parents=True)
+    try:
+        return _train_and_test(study, job, out, job_dir)
+    except BaseException:
+        shutil.rmtree(job_dir, ignore_errors=True)
+        raise
+
+
+def _train_and_test(study: Study, job: Job, out: Path, job_dir: Path) -> dict:
     cohort = next(c for c in study.cohorts if c.name == job.cohort)
     bundle_dir = study.bundle_dir(job.model)
     overrides = {
@@ -252,13 +275,20 @@ def run_study(study: Study, out: str | Path, shard: str | None = None, progress:
     """
     out = Path(out)
     index, count = parse_shard(shard)
+    tables = fold_tables(study)  # a cohort that cannot be used is refused before the run folder exists
+    fresh = not out.exists()
     out.mkdir(parents=True, exist_ok=True)
-    atomic_write_text(out / "study.yaml", study.text)
-    jobs = write_plan(study, out)
-    prepare_folds(study, out)
-    mine = [job for job in shard_jobs(jobs, index, count) if not (out / job.job_dir / "done.json").exists()]
-    for job in tqdm(mine, desc=f"{study.name} fold jobs", unit="job", disable=not progress):
-        run_job(study, job, out)
+    try:
+        atomic_write_text(out / "study.yaml", study.text)
+        jobs = write_plan(study, out)
+        prepare_folds(study, out, tables)
+        mine = [job for job in shard_jobs(jobs, index, count) if not (out / job.job_dir / "done.json").exists()]
+        for job in tqdm(mine, desc=f"{study.name} fold jobs", unit="job", disable=not progress):
+            run_job(study, job, out)
+    except Exception:
+        if fresh and not _finished(out):  # nothing of value: leave no partial run folder behind
+            shutil.rmtree(out, ignore_errors=True)
+        raise
     return missing_jobs(out)
 
 

@@ -15,6 +15,7 @@ Keys (documented in ``bundles/experiments/README.md``)::
 
 from __future__ import annotations
 
+import re
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -22,10 +23,13 @@ from typing import Any
 import yaml
 
 from pipeline.engine import REPO_BUNDLES
+from pipeline.engine.keys import bundle_key_problem
 
 STUDY_KEYS = {"name", "description", "cohorts", "models", "augmentation", "cv", "overrides", "seeds"}
 COHORT_KEYS = {"manifest", "models", "overrides"}
 CV_KEYS = {"folds", "repeats", "seed", "val_fraction"}
+#: a cohort name becomes a folder of the run (``folds/<cohort>/``): a plain name, never a path
+COHORT_NAME = re.compile(r"[A-Za-z0-9][A-Za-z0-9_.-]*")
 
 
 class StudyError(ValueError):
@@ -95,21 +99,26 @@ def load_study(path: str | Path, manifests: dict[str, str] | None = None) -> Stu
     if not isinstance(raw, dict):
         raise StudyError(f"{path}: expected a mapping of study keys")
     _no_unknown(raw, STUDY_KEYS, str(path))
-    models = tuple(_require(raw, "models", str(path)))
-    cv = dict(_require(raw, "cv", str(path)))
+    models = tuple(_names(_require(raw, "models", str(path)), f"{path}: models"))
+    cv = _mapping(_require(raw, "cv", str(path)), f"{path}: cv")
     _no_unknown(cv, CV_KEYS, f"{path}: cv")
     cohorts = _parse_cohorts(path, _require(raw, "cohorts", str(path)), models, manifests or {})
+    overrides = _overrides(raw.get("overrides"), f"{path}: overrides")
     study = Study(
         name=str(raw.get("name", path.stem)),
         path=path,
         cohorts=cohorts,
-        augmentation=tuple(bool(a) for a in raw.get("augmentation", [False])),
-        folds=int(_require(cv, "folds", f"{path}: cv")),
-        repeats=int(cv.get("repeats", 1)),
-        seed=int(cv.get("seed", 0)),
-        val_fraction=float(cv.get("val_fraction", 0.2)),
-        overrides=dict(raw.get("overrides") or {}),
-        seeds=tuple(int(s) for s in raw.get("seeds", [0])),
+        augmentation=tuple(
+            _listed(raw.get("augmentation", [False]), _is_bool, "true or false", f"{path}: augmentation")
+        ),
+        folds=_integer(_require(cv, "folds", f"{path}: cv"), 2, f"{path}: cv.folds"),
+        repeats=_integer(cv.get("repeats", 1), 1, f"{path}: cv.repeats"),
+        seed=_integer(cv.get("seed", 0), 0, f"{path}: cv.seed"),
+        val_fraction=_fraction(cv.get("val_fraction", 0.2), f"{path}: cv.val_fraction"),
+        overrides=overrides,
+        seeds=tuple(
+            _integer(s, 0, f"{path}: seeds") for s in _listed(raw.get("seeds", [0]), None, "", f"{path}: seeds")
+        ),
         text=text,
     )
     for cohort in study.cohorts:
@@ -117,6 +126,51 @@ def load_study(path: str | Path, manifests: dict[str, str] | None = None) -> Stu
             if not (study.bundle_dir(model) / "configs" / "train.yaml").is_file():
                 raise StudyError(f"{path}: cohort {cohort.name}: unknown bundle '{model}' (no configs/train.yaml)")
     return study
+
+
+def _mapping(value: Any, where: str) -> dict:
+    if not isinstance(value, dict):
+        raise StudyError(f"{where}: expected a mapping, got {value!r}")
+    return dict(value)
+
+
+def _is_bool(value: Any) -> bool:
+    return isinstance(value, bool)
+
+
+def _listed(value: Any, test, expected: str, where: str) -> list:
+    """A YAML list (a single value is a list of one) whose items pass ``test``."""
+    items = value if isinstance(value, list) else [value]
+    for item in items:
+        if test is not None and not test(item):
+            raise StudyError(f"{where}: each item must be {expected}, got {item!r}")
+    return items
+
+
+def _names(value: Any, where: str) -> list[str]:
+    return _listed(value, lambda v: isinstance(v, str) and v != "", "a bundle name or folder", where)
+
+
+def _integer(value: Any, low: int, where: str) -> int:
+    if isinstance(value, bool) or not isinstance(value, int) or value < low:
+        raise StudyError(f"{where}: must be an integer >= {low}, got {value!r}")
+    return value
+
+
+def _fraction(value: Any, where: str) -> float:
+    if isinstance(value, bool) or not isinstance(value, (int, float)) or not 0 <= value < 1:
+        raise StudyError(f"{where}: must be a number from 0 up to 1, got {value!r}")
+    return float(value)
+
+
+def _overrides(value: Any, where: str) -> dict[str, Any]:
+    """Bundle keys of a study or cohort, each value checked against the key's type (``epochs: "5"`` is refused)."""
+    overrides = _mapping(value or {}, where)
+    for key, item in overrides.items():
+        problem = bundle_key_problem(str(key), item)
+        if problem:
+            raise StudyError(f"{where}: {problem}")
+    return overrides
 
 
 def _parse_cohorts(path: Path, raw: Any, models: tuple[str, ...], manifests: dict[str, str]) -> tuple[Cohort, ...]:
@@ -128,11 +182,15 @@ def _parse_cohorts(path: Path, raw: Any, models: tuple[str, ...], manifests: dic
     cohorts = []
     for name, entry in raw.items():
         where = f"{path}: cohorts.{name}"
-        entry = {"manifest": entry} if isinstance(entry, str) else dict(entry or {})
+        if not isinstance(name, str) or not COHORT_NAME.fullmatch(name):
+            raise StudyError(
+                f"{where}: a cohort name names a folder of the run: letters, digits, '_', '-', '.', not a path"
+            )
+        entry = {"manifest": entry} if isinstance(entry, str) else _mapping(entry or {}, where)
         _no_unknown(entry, COHORT_KEYS, where)
         manifest = Path(manifests.get(name) or _require(entry, "manifest", where))
         if name not in manifests and not manifest.is_absolute():
             manifest = (path.parent / manifest).resolve()
-        cohort_models = tuple(entry.get("models", models))
-        cohorts.append(Cohort(name, manifest, cohort_models, dict(entry.get("overrides") or {})))
+        cohort_models = tuple(_names(entry.get("models", list(models)), f"{where}.models"))
+        cohorts.append(Cohort(name, manifest, cohort_models, _overrides(entry.get("overrides"), f"{where}.overrides")))
     return tuple(cohorts)

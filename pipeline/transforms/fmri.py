@@ -94,7 +94,7 @@ def _check_plausible(tr: float, source: str, bold_path: Path | str) -> float:
     return float(tr)
 
 
-def resolve_tr(bold_path: str | Path, manifest_tr: float | str | None = None) -> float:
+def resolve_tr(bold_path: str | Path, manifest_tr: float | str | None = None, given_by: str = "the manifest") -> float:
     """Repetition time in seconds, from (in order) the manifest, the BIDS sidecar, the NIfTI header.
 
     The header's ``pixdim[4]`` is read with its time unit (``sec``, ``msec``, ``usec``; ``unknown`` is taken as
@@ -105,13 +105,14 @@ def resolve_tr(bold_path: str | Path, manifest_tr: float | str | None = None) ->
     Args:
         bold_path: the 4D BOLD NIfTI.
         manifest_tr: the manifest's ``tr`` value, if any (blank / NaN means absent).
+        given_by: where ``manifest_tr`` came from, for messages (e.g. ``"--tr"``).
 
     Raises:
         TRError: no source gives a TR, or the TR found is implausible.
     """
     bold_path = Path(bold_path)
     if manifest_tr is not None and str(manifest_tr).strip() not in ("", "nan"):
-        return _check_plausible(float(manifest_tr), "the manifest", bold_path)
+        return _check_plausible(float(manifest_tr), given_by, bold_path)
     sidecar = _sidecar_of(bold_path)
     if sidecar.is_file():
         tr = json.loads(sidecar.read_text()).get("RepetitionTime")

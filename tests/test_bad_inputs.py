@@ -1,0 +1,225 @@
+"""Broken inputs on every entry point that takes them: a non-zero exit, one message naming the file, row or key and
+the problem, and nothing left behind. The corpus is :mod:`tests.bad_inputs`; commands run in this process through
+``pipeline.cli.main`` (a few in a subprocess, to see the real standard error and the MONAI bundle command)."""
+
+from __future__ import annotations
+
+import pandas as pd
+import pytest
+
+from pipeline.cli import main
+from pipeline.engine import BundleKeyError, check_bundle_keys
+from tests.bad_inputs import (
+    FMRI_CASES,
+    HEADER_MANIFEST_CASES,
+    MANIFEST_CASES,
+    MRI_CASES,
+    STUDY_CASES,
+    TR_CASES,
+)
+from tests.conftest import REPO, run_cli
+
+
+def refused(capsys, argv: list[str]) -> str:
+    """Run the command, check it fails with one error line on standard error, and return that line."""
+    assert main(argv) == 1
+    captured = capsys.readouterr()
+    lines = captured.err.strip().splitlines()
+    assert len(lines) == 1 and "Traceback" not in captured.err, captured.err
+    assert lines[0].startswith(f"neurofusion {argv[0]}: error: ")
+    return lines[0]
+
+
+def says(text: str, parts: list[str]) -> bool:
+    return all(part in text for part in parts)
+
+
+# --- manifest check --------------------------------------------------------------------------------------
+
+
+def test_manifest_check_accepts_the_good_manifest(corpus, capsys):
+    assert main(["manifest", "check", str(corpus.manifest()), "--require-diagnosis"]) == 0
+    assert "OK, 12 rows, 12 subjects" in capsys.readouterr().out
+
+
+@pytest.mark.parametrize("case", MANIFEST_CASES)
+def test_manifest_check_names_the_row_and_the_problem(corpus, capsys, case):
+    manifest = corpus.manifest(case)
+    before = corpus.snapshot()
+    assert main(["manifest", "check", str(manifest)]) == 1
+    captured = capsys.readouterr()
+    problems = [line for line in (captured.out + captured.err).splitlines() if str(manifest) in line]
+    assert len(problems) == 1 or (len(problems) == 2 and problems[-1].endswith("1 problem(s) found"))
+    assert says(problems[0], corpus.expected(case, manifest)), problems
+    assert len(captured.err.strip().splitlines()) == 1 and "Traceback" not in captured.err
+    assert corpus.snapshot() == before
+
+
+# --- split ------------------------------------------------------------------------------------------------
+
+
+def test_split_accepts_the_good_manifest(corpus, tmp_path):
+    assert main(["split", str(corpus.manifest()), "--folds", "2", "--out", str(tmp_path / "folds")]) == 0
+    assert len(list((tmp_path / "folds").glob("*/manifest.csv"))) == 2
+
+
+@pytest.mark.parametrize("case", HEADER_MANIFEST_CASES)
+def test_split_refuses_a_broken_manifest_and_writes_nothing(corpus, capsys, tmp_path, case):
+    manifest = corpus.manifest(case)
+    line = refused(capsys, ["split", str(manifest), "--folds", "2", "--out", str(tmp_path / "folds")])
+    assert says(line, corpus.expected(case, manifest)), line
+    assert not (tmp_path / "folds").exists()
+
+
+# --- roi --------------------------------------------------------------------------------------------------
+
+
+def test_roi_accepts_the_good_run(corpus, tmp_path):
+    assert main(["roi", str(corpus.bold), "--high-pass", "0.01", "--out", str(tmp_path / "out" / "s.tsv")]) == 0
+
+
+@pytest.mark.parametrize("case", FMRI_CASES)
+def test_roi_refuses_a_broken_run_and_writes_nothing(corpus, capsys, tmp_path, case):
+    bold = corpus.image(case)
+    line = refused(capsys, ["roi", str(bold), "--out", str(tmp_path / "out" / "s.tsv")])
+    assert says(line, corpus.expected(case)), line
+    assert not (tmp_path / "out").exists()
+
+
+@pytest.mark.parametrize(
+    ("case", "given", "message"),
+    [
+        ("tr-missing", None, TR_CASES["tr-missing"].message),
+        ("tr-in-ms", None, TR_CASES["tr-in-ms"].message),
+        ("tr-missing", "0", "implausible TR 0 s from --tr"),
+        ("tr-missing", "2000", "implausible TR 2000 s from --tr (it looks like milliseconds: 2 s?)"),
+    ],
+)
+def test_roi_refuses_an_implausible_tr_when_filtering(corpus, capsys, tmp_path, case, given, message):
+    bold = corpus.bold_with_tr(case)
+    out = tmp_path / "out" / "s.tsv"
+    line = refused(
+        capsys, ["roi", str(bold), "--high-pass", "0.01", "--out", str(out), *(["--tr", given] * bool(given))]
+    )
+    assert says(line, [str(bold), message]), line
+    assert not out.parent.exists()
+
+
+# --- preprocess -------------------------------------------------------------------------------------------
+
+
+def test_preprocess_accepts_the_good_t1(corpus, tmp_path):
+    assert main(["preprocess", "--mri", str(corpus.t1), "--out", str(tmp_path / "out" / "pre.nii.gz")]) == 0
+
+
+@pytest.mark.parametrize("case", MRI_CASES)
+def test_preprocess_refuses_a_broken_t1_and_writes_nothing(corpus, capsys, tmp_path, case):
+    t1 = corpus.image(case)
+    line = refused(capsys, ["preprocess", "--mri", str(t1), "--out", str(tmp_path / "out" / "pre.nii.gz")])
+    assert says(line, corpus.expected(case)), line
+    assert not (tmp_path / "out").exists()
+
+
+def test_refusal_is_one_line_on_the_real_standard_error(corpus, tmp_path):
+    t1 = corpus.image("t1-nan-inf")
+    result = run_cli("-m", "pipeline.cli", "preprocess", "--mri", str(t1), "--out", str(tmp_path / "p.nii"))
+    assert result.returncode == 1
+    (line,) = result.stderr.strip().splitlines()
+    assert line.startswith("neurofusion preprocess: error: mri image has ")
+    assert says(line, ["NaN or infinite voxel value(s)", str(t1)])
+    assert not (tmp_path / "p.nii").exists()
+
+
+# --- experiment -------------------------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize("case", HEADER_MANIFEST_CASES)
+def test_experiment_refuses_a_broken_cohort_before_creating_the_run(corpus, capsys, tmp_path, case):
+    manifest = corpus.manifest(case)
+    study = corpus.study(None, manifest)
+    line = refused(capsys, ["experiment", str(study), "--out", str(tmp_path / "run"), "--quiet"])
+    assert says(line, corpus.expected(case, manifest)), line
+    assert not (tmp_path / "run").exists()
+
+
+@pytest.mark.parametrize("case", STUDY_CASES)
+def test_experiment_refuses_a_broken_study_naming_the_key(corpus, capsys, tmp_path, case):
+    study = corpus.study(case, corpus.manifest())
+    line = refused(capsys, ["experiment", str(study), "--out", str(tmp_path / "run"), "--quiet"])
+    assert says(line, [str(study), STUDY_CASES[case][1]]), line
+    assert not (tmp_path / "run").exists()
+
+
+def test_experiment_refuses_broken_voxels_when_training_reads_them_and_leaves_no_run(corpus, capsys, tmp_path):
+    # voxels are read by the training chain, not before the run: the failed job and the empty run are removed
+    nan = corpus.image("t1-nan-inf")
+    frame = pd.read_csv(corpus.manifest(), dtype=str, keep_default_na=False).assign(mri=nan.name)
+    frame.to_csv(tmp_path / "nan.csv", index=False)
+    study = corpus.study(None, tmp_path / "nan.csv")
+    line = refused(capsys, ["experiment", str(study), "--out", str(tmp_path / "run"), "--quiet"])
+    assert says(line, ["NaN or infinite voxel value(s)", str(nan)]), line
+    assert not (tmp_path / "run").exists()
+
+
+# --- bundles (python -m monai.bundle run) ----------------------------------------------------------------
+
+
+def bundle_run(corpus, tmp_path, manifest, *args: str):
+    config = REPO / "bundles" / "mri_cnn3d" / "configs" / "train.yaml"
+    out = tmp_path / "out"
+    result = run_cli(
+        "-m", "monai.bundle", "run", "--config_file", str(config), "--manifest", str(manifest), "--output_dir",
+        str(out / "eval"), "--ckpt_dir", str(out / "ckpt"), "--epochs", "1", "--mri_pixdim", "[6.0,6.0,6.0]",
+        "--mri_spatial_size", "[24,28,24]", *args,
+    )  # fmt: skip
+    return result, out
+
+
+def with_splits(corpus, manifest):
+    frame = pd.read_csv(manifest, dtype=str, keep_default_na=False)
+    frame["split"] = ["train", "val", "test", "train"] * (len(frame) // 4) + ["train"] * (len(frame) % 4)
+    path = manifest.with_name(f"split_{manifest.name}")
+    frame.to_csv(path, index=False)
+    return path
+
+
+def test_bundle_refuses_an_override_of_the_wrong_type_before_writing(corpus, tmp_path):
+    result, out = bundle_run(corpus, tmp_path, with_splits(corpus, corpus.manifest()), "--epochs", "five")
+    assert result.returncode != 0
+    assert "bundle key 'epochs' must be a positive integer, got 'five'" in result.stderr, result.stderr[-2000:]
+    assert not out.exists()
+
+
+@pytest.mark.parametrize(
+    ("key", "value", "message"),
+    [
+        ("epochs", "5", "must be a positive integer, got '5' (a number given as text"),
+        ("epochs", 0, "must be a positive integer, got 0"),
+        ("batch_size", 2.5, "must be a positive integer, got 2.5"),
+        ("learning_rate", -0.1, "must be a number >= 0, got -0.1"),
+        ("learning_rate", "1e-3", "(a number given as text; in YAML write exponents with a dot, e.g. 1.0e-3)"),
+        ("cache_rate", 1.5, "must be a number from 0 to 1, got 1.5"),
+        ("mri_spatial_size", [24, 28], "must be three positive integers, e.g. [48, 56, 48], got [24, 28]"),
+        ("mri_pixdim", [3.0, 3.0, "x"], "must be three positive numbers (mm)"),
+        ("augment", "maybe", "must be true or false, got 'maybe'"),
+        ("seed", True, "must be an integer >= 0, got True"),
+    ],
+)
+def test_bundle_keys_of_the_wrong_type_are_refused_naming_the_key(key, value, message):
+    with pytest.raises(BundleKeyError) as refusal:
+        check_bundle_keys(**{"epochs": 3, key: value})
+    assert str(refusal.value).startswith(f"bundle key '{key}' ") and message in str(refusal.value)
+
+
+def test_bundle_keys_of_the_right_type_pass():
+    check_bundle_keys(epochs=2, learning_rate=0.0, augment="false", resume=True, mri_pixdim=[6, 6.0, 6], seed=0)
+
+
+@pytest.mark.parametrize("case", ["unknown-diagnosis", "t1-nan-inf"])
+def test_bundle_refuses_a_broken_manifest_before_writing(corpus, tmp_path, case):
+    manifest = with_splits(corpus, corpus.manifest(case))
+    result, out = bundle_run(corpus, tmp_path, manifest)
+    assert result.returncode != 0
+    parts = corpus.expected(case, manifest)
+    assert says(result.stderr, [p for p in parts if "sub-13" not in p or case != "t1-nan-inf"]), result.stderr[-2000:]
+    assert not out.exists()
