@@ -21,6 +21,7 @@ COMMAND_MODULES = (
     "pipeline.commands.study",
     "pipeline.commands.bench",
     "pipeline.commands.export",
+    "pipeline.commands.predict",
 )
 
 

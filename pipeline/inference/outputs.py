@@ -1,0 +1,118 @@
+"""Predict subjects into an output folder: every subject staged in a hidden folder inside it and moved into place
+only when all succeeded, so a refusal or an error leaves nothing behind and nothing is written outside it."""
+
+from __future__ import annotations
+
+import re
+import shutil
+import tempfile
+from collections.abc import Iterator, Sequence
+from contextlib import contextmanager
+from pathlib import Path
+
+import pandas as pd
+from tqdm.auto import tqdm
+
+from pipeline.inference.predict import Predictor, Subject
+from pipeline.io import atomic_write_text
+
+TABLE = "predictions.csv"
+_NAME = re.compile(r"[A-Za-z0-9][A-Za-z0-9._-]*")
+
+
+def check_names(subjects: Sequence[Subject]) -> None:
+    """Refuse subject names that are not plain folder names or that repeat.
+
+    Raises:
+        ValueError: naming the subject.
+    """
+    seen: set[str] = set()
+    for subject in subjects:
+        if not _NAME.fullmatch(subject.name):
+            raise ValueError(f"subject {subject.name!r}: not usable as a folder name (letters, digits, . _ -)")
+        if subject.name in seen:
+            raise ValueError(f"subject {subject.name!r} appears twice; give sessions distinct session_id values")
+        seen.add(subject.name)
+
+
+@contextmanager
+def staged(out: Path, entries: Sequence[str], force: bool) -> Iterator[Path]:
+    """A staging folder inside ``out``; on success its ``entries`` replace those of ``out``, on error it is removed
+    (and ``out`` too when this call created it).
+
+    Args:
+        out: the output folder.
+        entries: names the run writes directly in ``out``.
+        force: replace existing entries (otherwise an existing one is refused before anything runs).
+
+    Raises:
+        FileExistsError: an entry exists and ``force`` is off.
+    """
+    existing = [name for name in entries if (out / name).exists()]
+    if existing and not force:
+        raise FileExistsError(f"{out / existing[0]}: exists; use --force to replace it")
+    created = not out.exists()
+    out.mkdir(parents=True, exist_ok=True)
+    staging = Path(tempfile.mkdtemp(prefix=".neurofusion-predict-", dir=out))
+    try:
+        yield staging
+        replaced = staging / ".replaced"
+        replaced.mkdir()
+        for name in entries:
+            if (out / name).exists():
+                (out / name).rename(replaced / name)
+            (staging / name).rename(out / name)
+    except BaseException:
+        shutil.rmtree(staging, ignore_errors=True)
+        if created:
+            shutil.rmtree(out, ignore_errors=True)
+        raise
+    shutil.rmtree(staging, ignore_errors=True)
+
+
+def _table_row(subject: Subject, record: dict) -> dict:
+    row = {"subject_id": record["subject_id"], "session_id": subject.session_id, "folder": subject.name}
+    row.update({f"prob_{name}": p for name, p in record["probabilities"].items()})
+    row["predicted"] = record["predicted_class"]
+    row["missing_fmri"] = "fmri" in record["missing_modalities"]
+    row["warnings"] = len(record["warnings"])
+    return row
+
+
+def predict_subjects(
+    predictor: Predictor,
+    subjects: Sequence[Subject],
+    out: str | Path,
+    force: bool = False,
+    table: bool = False,
+    progress: bool = False,
+) -> list[dict]:
+    """Predict every subject into ``out/<name>/`` (and ``out/predictions.csv`` when ``table``).
+
+    Header QC runs over every subject first, so a bad file late in a batch is refused before any prediction.
+
+    Args:
+        predictor: the loaded bundle's predictor.
+        subjects: the subjects, each with a distinct folder name.
+        out: the output folder.
+        force: replace existing subject folders and table.
+        table: write the batch table ``predictions.csv``.
+        progress: a progress bar over subjects.
+
+    Raises:
+        QCError: a subject failed QC (nothing is written).
+        FileExistsError: an output exists and ``force`` is off.
+    """
+    check_names(subjects)
+    out = Path(out)
+    entries = [s.name for s in subjects] + ([TABLE] if table else [])
+    for subject in subjects:
+        predictor.check_headers(subject)
+    records = []
+    with staged(out, entries, force) as staging:
+        for subject in tqdm(subjects, desc="predict", unit="subject", disable=not progress):
+            records.append(predictor.predict(subject, staging / subject.name))
+        if table:
+            rows = [_table_row(s, r) for s, r in zip(subjects, records)]
+            atomic_write_text(staging / TABLE, pd.DataFrame(rows).to_csv(index=False))
+    return records
