@@ -1,0 +1,148 @@
+"""Explanations: on a synthetic subject whose disease is temporal atrophy, the saliency map points at the atrophy."""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+import shutil
+
+import nibabel as nib
+import numpy as np
+import pandas as pd
+import pytest
+import torch
+
+from pipeline.atlas import load_atlas
+from pipeline.bench.infer import untrained_weights
+from pipeline.cli import main
+from pipeline.engine.workflow import run_bundle
+from pipeline.inference import InferenceBundle, Predictor, Subject, explain
+from pipeline.synth import ATROPHY_REGIONS, atrophy_mask
+from pipeline.synth.anatomy import resample_nearest
+from pipeline.synth.structural import sample_structural, synthesize_t1
+from tests.conftest import REPO
+
+GRID = {"mri_pixdim": [6.0, 6.0, 6.0], "mri_spatial_size": [24, 28, 24]}
+QC_LIMITS = {"qc#mri#voxel_mm": [0.5, 8]}  # the twins are 6 mm scans
+QC = [f"--set=qc#mri#voxel_mm={QC_LIMITS['qc#mri#voxel_mm']}".replace(" ", "")]
+PAIRS = 8
+
+
+def atrophy_twins(folder, pairs: int = PAIRS, voxel_mm: float = 6.0) -> pd.DataFrame:
+    """T1 pairs that differ only by temporal atrophy: each pair shares head size, pose, bias field and noise, so the
+    atrophy is the only signal a classifier can learn (the cohort writer also enlarges the ventricles)."""
+    rows = []
+    for pair in range(pairs):
+        for diagnosis, atrophy in (("CN", 0.0), ("AD", 1.0)):
+            rng = np.random.default_rng(pair)
+            params = dataclasses.replace(
+                sample_structural(rng, 0.0, 1.0, "site01"),
+                medial_atrophy=0.8 * atrophy,
+                lateral_atrophy=0.7 * atrophy,
+                hippocampal_contraction=0.3 * atrophy,
+            )
+            name = f"sub-{pair:02d}{diagnosis.lower()}"
+            nib.save(synthesize_t1(params, voxel_mm, rng), folder / f"{name}_T1w.nii.gz")
+            split = "test" if pair == 0 else ("val" if pair == 1 else "train")
+            rows.append({"subject_id": name, "diagnosis": diagnosis, "mri": f"{name}_T1w.nii.gz", "split": split})
+    frame = pd.DataFrame(rows)
+    frame.to_csv(folder / "manifest.csv", index=False)
+    return frame
+
+
+@pytest.fixture(scope="module")
+def explained(tmp_path_factory):
+    """The MRI bundle trained on atrophy twins, then `neurofusion predict` on the held-out atrophied twin;
+    returns (T1 path, output folder)."""
+    data = tmp_path_factory.mktemp("twins")
+    atrophy_twins(data)
+    bundle = tmp_path_factory.mktemp("bundle") / "mri_cnn3d"
+    shutil.copytree(REPO / "bundles" / "mri_cnn3d", bundle, ignore=shutil.ignore_patterns("models", "eval"))
+    train = {**GRID, "epochs": 40, "batch_size": 4, "manifest": str(data / "manifest.csv"), "cache_rate": 1.0}
+    run_bundle(
+        bundle,
+        ["train.yaml"],
+        log_file=data / "train.log",
+        output_dir=str(data / "eval"),
+        ckpt_dir=str(bundle / "models"),
+        **train,
+    )
+    t1 = data / "sub-00ad_T1w.nii.gz"
+    out = tmp_path_factory.mktemp("predicted")
+    grid = [f"--set={key}={json.dumps(value)}".replace(" ", "") for key, value in GRID.items()]
+    assert main(["predict", "--bundle", str(bundle), "--mri", str(t1), "--out", str(out), *grid, *QC]) == 0
+    return t1, out / "sub-00ad", bundle
+
+
+def random_regions(reference: nib.Nifti1Image, size: int, count: int, seed: int = 0) -> list[np.ndarray]:
+    """Random brain regions of about ``size`` voxels on the grid of ``reference``: unions of AAL regions outside the
+    atrophied ones, drawn in random order until the union holds ``size`` voxels, kept when within 15% of it."""
+    atlas = load_atlas("AAL")
+    labels = resample_nearest(np.asarray(atlas.image.dataobj), atlas.image.affine, reference.shape, reference.affine)
+    candidates = [lab for name, lab in zip(atlas.names, atlas.labels) if name not in ATROPHY_REGIONS]
+    candidates = [lab for lab in candidates if (labels == lab).any()]
+    rng = np.random.default_rng(seed)
+    regions = []
+    for _ in range(100 * count):
+        region = np.zeros(reference.shape, dtype=bool)
+        for label in rng.permutation(candidates):
+            if region.sum() >= size:
+                break
+            region |= labels == label
+        if abs(int(region.sum()) - size) <= 0.15 * size:
+            regions.append(region)
+        if len(regions) == count:
+            return regions
+    raise AssertionError(f"fewer than {count} random regions of {size} voxels")
+
+
+def atrophy_criterion(saliency: np.ndarray, reference: nib.Nifti1Image) -> tuple[float, float]:
+    """(saliency mass in the atrophied regions, 90th percentile of its mass in 20 random brain regions of the same
+    size)."""
+    atrophied = atrophy_mask(reference)
+    masses = [saliency[region].sum() for region in random_regions(reference, int(atrophied.sum()), 20)]
+    return float(saliency[atrophied].sum()), float(np.percentile(masses, 90))
+
+
+def test_saliency_mass_falls_in_the_atrophied_regions_more_than_in_random_regions_of_the_same_size(explained):
+    t1, folder, _ = explained
+    prediction = json.loads((folder / "prediction.json").read_text())
+    assert prediction["predicted_class"] == "AD"
+    saliency = np.asarray(nib.load(folder / "saliency.nii.gz").dataobj)
+    atrophied, random = atrophy_criterion(saliency, nib.load(t1))
+    assert atrophied > random
+
+
+def test_the_saliency_of_the_untrained_network_fails_the_same_criterion(explained, tmp_path):
+    """The criterion measures what training learnt, not where the architecture or the anatomy puts gradient."""
+    t1, _, bundle = explained
+    torch.manual_seed(0)
+    untrained_weights(bundle, tmp_path / "untrained.pt")
+    predictor = Predictor(InferenceBundle(bundle, tmp_path / "untrained.pt", {**GRID, **QC_LIMITS}))
+    predictor.predict(Subject("untrained", t1), tmp_path / "untrained")
+    saliency = np.asarray(nib.load(tmp_path / "untrained" / "saliency.nii.gz").dataobj)
+    atrophied, random = atrophy_criterion(saliency, nib.load(t1))
+    assert atrophied <= random
+
+
+def test_roi_occlusion_ranks_first_the_only_roi_a_classifier_reads():
+    names = load_atlas("AAL").names
+    hippocampus = names.index("Hippocampus_L")
+    torch.manual_seed(0)
+    series = torch.randn(len(names), 32)
+
+    def classify(batch: torch.Tensor) -> torch.Tensor:  # AD's score is the left hippocampus's signal power
+        power = batch[:, hippocampus].pow(2).mean(dim=1)
+        return torch.stack([torch.zeros_like(power), torch.zeros_like(power), 3 * power], dim=1)
+
+    drops = explain.roi_importance(classify, series, explain.roi_rows("roi", len(names)), class_index=2)
+    assert drops.shape == (len(names),)
+    assert int(np.argmax(drops)) == hippocampus and drops[hippocampus] > 0.5
+    assert np.abs(np.delete(drops, hippocampus)).max() < 1e-6
+
+
+def test_in_dfc_mode_each_roi_occludes_every_correlation_it_takes_part_in():
+    rows = explain.roi_rows("dfc", 4)
+    assert rows.shape == (4, 6)
+    assert rows.sum(dim=1).tolist() == [3, 3, 3, 3]
+    assert explain.roi_rows("volume", 4) is None
