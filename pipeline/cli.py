@@ -59,9 +59,13 @@ def main(argv: Sequence[str] | None = None) -> int:
         return 1
 
 
+#: how MONAI's config parser (expressions, components built from the YAML) and transform chains wrap an error
+_WRAPPERS = ("Failed to evaluate", "Failed to instantiate component", "applying transform")
+
+
 def _one_line(err: BaseException) -> str:
     # MONAI wraps errors raised inside config expressions and transform chains; the root cause is what users need
-    while err.__cause__ is not None and ("Failed to evaluate" in str(err) or str(err).startswith("applying transform")):
+    while err.__cause__ is not None and str(err).startswith(_WRAPPERS):
         err = err.__cause__
     text = str(err).strip().splitlines()
     return text[0] if text else type(err).__name__
