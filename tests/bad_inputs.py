@@ -25,7 +25,7 @@ def _grid(voxel_mm: float) -> np.ndarray:
 
 
 T1_SHAPE, T1_AFFINE = (20, 24, 20), _grid(9.0)
-BOLD_SHAPE, BOLD_AFFINE = (12, 14, 12, 20), _grid(16.0)
+BOLD_SHAPE, BOLD_AFFINE = (12, 14, 12, 40), _grid(16.0)
 #: a grid no scanner writes: refused from the header, before anything is allocated (it would be 4 PB of float32)
 ABSURD = 100_000
 GOOD_DIAGNOSES = ("CN", "MCI", "AD") * 4
@@ -93,7 +93,7 @@ def _image_cases() -> list[ImageCase]:
         ImageCase("t1-truncated", "mri", "mri file is truncated", lambda p: _truncated(p, t1)),
         ImageCase("t1-not-nifti", "mri", "mri file is not a readable NIfTI", lambda p: _text(p, "subject,notes\n")),
         ImageCase("t1-empty", "mri", "mri file is empty", lambda p: _text(p, "")),
-        ImageCase("t1-is-4d", "mri", "mri must be a 3D T1 image, got shape (12, 14, 12, 20)", bold),
+        ImageCase("t1-is-4d", "mri", "mri must be a 3D T1 image, got shape (12, 14, 12, 40)", bold),
         ImageCase(
             "t1-absurd-grid", "mri", "mri header claims an implausible grid", lambda p: _absurd(p, (ABSURD,) * 3)
         ),

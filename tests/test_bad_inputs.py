@@ -13,9 +13,11 @@ from pipeline.engine.workflow import run_bundle
 from tests.bad_inputs import (
     FMRI_CASES,
     HEADER_MANIFEST_CASES,
+    IMAGE_CASES,
     MANIFEST_CASES,
     MRI_CASES,
     STUDY_CASES,
+    TABLE_CASES,
     TR_CASES,
 )
 from tests.conftest import REPO, run_cli
@@ -231,3 +233,60 @@ def test_bundle_refuses_a_broken_manifest_before_writing(corpus, tmp_path, case)
     row = case != "t1-nan-inf"  # voxels are read by the chain, which knows the file but not the manifest row
     assert says(message, [p for p in corpus.expected(case, manifest) if row or "sub-13" not in p]), message
     assert not out.exists()
+
+
+# --- predict ----------------------------------------------------------------------------------------------
+
+#: the corpus's scans are coarse and short (9 mm T1, 16 mm 40-volume BOLD): the bundles' QC limits opened for them
+RELAXED_QC = {
+    "mri_cnn3d": ["--set=qc#mri#voxel_mm=[0.5,10]"],
+    "fmri_lstm": ["--set=qc#fmri#voxel_mm=[1,20]", "--set=qc#fmri#min_volumes=10"],
+}
+
+
+@pytest.fixture(scope="module")
+def untrained(tmp_path_factory) -> dict[str, str]:
+    """Initial weights of the MRI and the fMRI bundle: enough for predict to get as far as its checks."""
+    from pipeline.bench.infer import untrained_weights
+
+    folder = tmp_path_factory.mktemp("weights")
+    return {
+        name: str(untrained_weights(REPO / "bundles" / name, folder / f"{name}.pt"))
+        for name in ("mri_cnn3d", "fmri_lstm")
+    }
+
+
+def predict(untrained, bundle: str, out, *inputs: str) -> list[str]:
+    return ["predict", "--bundle", str(REPO / "bundles" / bundle), "--ckpt", untrained[bundle], "--out", str(out)] + [
+        *inputs,
+        *RELAXED_QC[bundle],
+    ]
+
+
+def test_predict_accepts_the_good_scans(corpus, untrained, tmp_path):
+    assert main(predict(untrained, "fmri_lstm", tmp_path / "out", "--fmri", str(corpus.bold))) == 0
+    assert main(predict(untrained, "mri_cnn3d", tmp_path / "out", "--mri", str(corpus.t1))) == 0
+
+
+@pytest.mark.parametrize("case", MRI_CASES + FMRI_CASES + ["tr-missing", "tr-in-ms"])
+def test_predict_refuses_a_broken_scan_and_writes_nothing(corpus, untrained, capsys, tmp_path, case):
+    if case in TR_CASES:
+        bundle, given = "fmri_lstm", ["--fmri", str(corpus.bold_with_tr(case))]
+    else:
+        kind = "mri" if case in MRI_CASES else "fmri"
+        bundle, given = {"mri": "mri_cnn3d", "fmri": "fmri_lstm"}[kind], [f"--{kind}", str(corpus.image(case))]
+    if case.endswith("-missing") and case in IMAGE_CASES:  # predict checks its arguments first
+        line = refused(capsys, predict(untrained, bundle, tmp_path / "out", *given))
+        assert says(line, [given[1], "no such file"]), line
+    else:
+        line = refused(capsys, predict(untrained, bundle, tmp_path / "out", *given))
+        assert says(line, corpus.expected(case)), line
+    assert not (tmp_path / "out").exists()
+
+
+@pytest.mark.parametrize("case", ["tr-zero", *TABLE_CASES])
+def test_predict_refuses_a_broken_manifest_and_writes_nothing(corpus, untrained, capsys, tmp_path, case):
+    manifest = corpus.manifest(case)
+    line = refused(capsys, predict(untrained, "fmri_lstm", tmp_path / "out", "--manifest", str(manifest)))
+    assert says(line, corpus.expected(case, manifest)), line
+    assert not (tmp_path / "out").exists()
