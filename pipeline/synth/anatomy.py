@@ -19,8 +19,12 @@ BBOX_MAX_MM = (90.0, 90.0, 108.0)
 
 #: Atrophy weight per AAL region stem: medial temporal regions atrophy first, lateral temporal later.
 MEDIAL_TEMPORAL_WEIGHTS = {"Hippocampus": 1.0, "Amygdala": 0.9, "ParaHippocampal": 0.7}
-LATERAL_TEMPORAL_WEIGHTS = {"Temporal_Inf": 0.6, "Temporal_Mid": 0.4, "Temporal_Pole_Sup": 0.5,
-                            "Temporal_Pole_Mid": 0.6}
+LATERAL_TEMPORAL_WEIGHTS = {
+    "Temporal_Inf": 0.6,
+    "Temporal_Mid": 0.4,
+    "Temporal_Pole_Sup": 0.5,
+    "Temporal_Pole_Mid": 0.6,
+}
 
 #: AAL regions whose grey matter the structural disease model removes.
 ATROPHY_REGIONS: tuple[str, ...] = tuple(
@@ -54,8 +58,7 @@ def resample_nearest(data: np.ndarray, affine: np.ndarray, shape, target_affine:
         target_affine: target voxel-to-mm affine.
     """
     matrix = np.linalg.inv(affine) @ target_affine
-    return ndimage.affine_transform(data, matrix, output_shape=tuple(shape[:3]), order=0, mode="constant",
-                                    cval=0)
+    return ndimage.affine_transform(data, matrix, output_shape=tuple(shape[:3]), order=0, mode="constant", cval=0)
 
 
 def _world_coords(shape, affine: np.ndarray) -> list[np.ndarray]:
@@ -229,15 +232,18 @@ def _template_raw() -> dict:
     brain = (datasets.load_mni152_brain_mask(resolution=1).get_fdata() > 0).astype(np.float32)
     t1 = t1 / float(np.median(t1[wm > 0.5]))
     atlas = aal_atlas()
-    labels = resample_nearest(np.asarray(atlas.image.dataobj).astype(np.int16), atlas.image.affine, t1.shape,
-                              affine)
+    labels = resample_nearest(np.asarray(atlas.image.dataobj).astype(np.int16), atlas.image.affine, t1.shape, affine)
     ventricles, csf_level, ventricle_mask = _lateral_ventricles(t1, brain, t1.shape, affine)
     push, push_affine = _outward_field(ventricle_mask, affine)
     return {
-        "affine": affine, "t1": t1, "brain": brain, "csf_level": csf_level, "ventricles": ventricles,
-        "ventricle_push": push, "ventricle_push_affine": push_affine,
-        "hippocampi": tuple(_blob(labels == atlas.labels[atlas.index_of(f"Hippocampus_{h}")], affine)
-                            for h in "LR"),
+        "affine": affine,
+        "t1": t1,
+        "brain": brain,
+        "csf_level": csf_level,
+        "ventricles": ventricles,
+        "ventricle_push": push,
+        "ventricle_push_affine": push_affine,
+        "hippocampi": tuple(_blob(labels == atlas.labels[atlas.index_of(f"Hippocampus_{h}")], affine) for h in "LR"),
         "medial": ndimage.gaussian_filter(_region_weights(labels, MEDIAL_TEMPORAL_WEIGHTS), 1.5) * gm,
         "lateral": ndimage.gaussian_filter(_region_weights(labels, LATERAL_TEMPORAL_WEIGHTS), 1.5) * gm,
     }
@@ -265,11 +271,21 @@ def template_space(smooth_mm: float = 0.0) -> TemplateSpace:
     if smooth_mm > 0:
         arrays = [ndimage.gaussian_filter(a, sigma_vox) for a in arrays]
     t1, brain, medial, lateral = arrays
-    return TemplateSpace(affine=shifted, t1=t1, brain=brain, medial_weight=medial, lateral_weight=lateral,
-                         csf_level=raw["csf_level"], ventricles=raw["ventricles"], hippocampi=raw["hippocampi"],
-                         ventricle_push=raw["ventricle_push"], ventricle_push_affine=raw["ventricle_push_affine"],
-                         brain_centre=_blob(brain > 0.5, shifted)[0], brain_box_mm=_box_mm(t1 > 1e-4, shifted),
-                         atrophy_box_mm=_box_mm((medial > 1e-4) | (lateral > 1e-4), shifted))
+    return TemplateSpace(
+        affine=shifted,
+        t1=t1,
+        brain=brain,
+        medial_weight=medial,
+        lateral_weight=lateral,
+        csf_level=raw["csf_level"],
+        ventricles=raw["ventricles"],
+        hippocampi=raw["hippocampi"],
+        ventricle_push=raw["ventricle_push"],
+        ventricle_push_affine=raw["ventricle_push_affine"],
+        brain_centre=_blob(brain > 0.5, shifted)[0],
+        brain_box_mm=_box_mm(t1 > 1e-4, shifted),
+        atrophy_box_mm=_box_mm((medial > 1e-4) | (lateral > 1e-4), shifted),
+    )
 
 
 def antialias_sigma_mm(voxel_mm: float) -> float:
@@ -279,12 +295,14 @@ def antialias_sigma_mm(voxel_mm: float) -> float:
 
 def sample_linear(array: np.ndarray, coords: np.ndarray) -> np.ndarray:
     """Linear interpolation of ``array`` at voxel coordinates ``coords`` (3, ...), zero outside, float32."""
-    return ndimage.map_coordinates(array, coords, order=1, mode="constant", cval=0.0, output=np.float32,
-                                   prefilter=False)
+    return ndimage.map_coordinates(
+        array, coords, order=1, mode="constant", cval=0.0, output=np.float32, prefilter=False
+    )
 
 
-def int16_nifti(data: np.ndarray, affine: np.ndarray, zooms, description: str,
-                time_unit: str = "unknown") -> nib.Nifti1Image:
+def int16_nifti(
+    data: np.ndarray, affine: np.ndarray, zooms, description: str, time_unit: str = "unknown"
+) -> nib.Nifti1Image:
     """int16 NIfTI with sform and qform set (code 1), zooms and xyzt units.
 
     Args:

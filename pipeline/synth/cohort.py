@@ -52,8 +52,9 @@ def _plan(n_cn: int, n_mci: int, n_ad: int, n_mri_only: int) -> list[_Subject]:
     mri_only = [DIAGNOSES[i % 3] for i in range(n_mri_only)]
     width = max(3, len(str(len(paired))))
     width_m = max(4, len(str(len(mri_only))))
-    return [_Subject(f"{i + 1:0{width}d}", d, True, i) for i, d in enumerate(paired)] + \
-        [_Subject(f"m{i + 1:0{width_m}d}", d, False, i) for i, d in enumerate(mri_only)]
+    return [_Subject(f"{i + 1:0{width}d}", d, True, i) for i, d in enumerate(paired)] + [
+        _Subject(f"m{i + 1:0{width_m}d}", d, False, i) for i, d in enumerate(mri_only)
+    ]
 
 
 def _latent(rng: np.random.Generator, table: dict, diagnosis: str, shared: float) -> float:
@@ -65,8 +66,9 @@ def _write_json(path: Path, content: dict) -> None:
     path.write_text(json.dumps(content, indent=2) + "\n", encoding="utf8")
 
 
-def _synthesize_subject(root: Path, subject: _Subject, seed: int, profile: SynthProfile,
-                        structural_effect: float, functional_effect: float) -> tuple[dict, dict]:
+def _synthesize_subject(
+    root: Path, subject: _Subject, seed: int, profile: SynthProfile, structural_effect: float, functional_effect: float
+) -> tuple[dict, dict]:
     """Write one subject's images and sidecars; return its manifest row and ground-truth record."""
     stream = _PAIRED if subject.paired else _MRI_ONLY
     rng = np.random.default_rng([seed, stream, subject.index, 0])
@@ -81,13 +83,29 @@ def _synthesize_subject(root: Path, subject: _Subject, seed: int, profile: Synth
     anat.mkdir(parents=True)
     structural = sample_structural(rng, s_struct, structural_effect, site)
     nib.save(synthesize_t1(structural, profile.t1_voxel_mm, rng), anat / f"{sid}_T1w.nii.gz")
-    _write_json(anat / f"{sid}_T1w.json", {"MagneticFieldStrength": 3, "Manufacturer": "neurofusion.synth",
-                                          "SyntheticData": True})
-    row = {"subject_id": sid, "session_id": "", "diagnosis": subject.diagnosis,
-           "mri": f"{sid}/anat/{sid}_T1w.nii.gz", "fmri": "", "tr": "", "age": f"{age:.1f}", "sex": sex,
-           "site": site}
-    truth = {"participant_id": sid, "diagnosis": subject.diagnosis, "paired": subject.paired,
-             "structural_severity": s_struct, "functional_severity": s_func, **structural.as_record()}
+    _write_json(
+        anat / f"{sid}_T1w.json",
+        {"MagneticFieldStrength": 3, "Manufacturer": "neurofusion.synth", "SyntheticData": True},
+    )
+    row = {
+        "subject_id": sid,
+        "session_id": "",
+        "diagnosis": subject.diagnosis,
+        "mri": f"{sid}/anat/{sid}_T1w.nii.gz",
+        "fmri": "",
+        "tr": "",
+        "age": f"{age:.1f}",
+        "sex": sex,
+        "site": site,
+    }
+    truth = {
+        "participant_id": sid,
+        "diagnosis": subject.diagnosis,
+        "paired": subject.paired,
+        "structural_severity": s_struct,
+        "functional_severity": s_func,
+        **structural.as_record(),
+    }
     if subject.paired:
         bold_rng = np.random.default_rng([seed, stream, subject.index, 1])
         functional = sample_functional(bold_rng, s_func, functional_effect, site)
@@ -96,8 +114,7 @@ def _synthesize_subject(root: Path, subject: _Subject, seed: int, profile: Synth
         name = f"{sid}_task-rest_bold"
         img = synthesize_bold(functional, profile.fmri_voxel_mm, profile.n_volumes, profile.tr, bold_rng)
         nib.save(img, func / f"{name}.nii.gz")
-        _write_json(func / f"{name}.json", {"RepetitionTime": profile.tr, "TaskName": "rest",
-                                            "SyntheticData": True})
+        _write_json(func / f"{name}.json", {"RepetitionTime": profile.tr, "TaskName": "rest", "SyntheticData": True})
         row.update(fmri=f"{sid}/func/{name}.nii.gz", tr=str(float(profile.tr)))
         truth.update(functional.as_record())
     return row, truth
@@ -105,8 +122,9 @@ def _synthesize_subject(root: Path, subject: _Subject, seed: int, profile: Synth
 
 def _write_table(path: Path, rows: list[dict], columns, delimiter: str = ",") -> None:
     with path.open("w", newline="", encoding="utf8") as handle:
-        writer = csv.DictWriter(handle, fieldnames=list(columns), delimiter=delimiter, lineterminator="\n",
-                                extrasaction="ignore")
+        writer = csv.DictWriter(
+            handle, fieldnames=list(columns), delimiter=delimiter, lineterminator="\n", extrasaction="ignore"
+        )
         writer.writeheader()
         writer.writerows(rows)
 
@@ -134,19 +152,28 @@ def _package_version() -> str:
 
 def _write_dataset_files(root: Path, rows: list[dict], truths: list[dict], settings: dict) -> None:
     """dataset_description.json, README, participants.tsv/json, .bidsignore and the ground truth table."""
-    _write_json(root / "dataset_description.json", {
-        "Name": f"neurofusion synthetic cohort (profile {settings['profile']}, seed {settings['seed']})",
-        "BIDSVersion": "1.8.0",
-        "DatasetType": "raw",
-        "License": "CC0",
-        "GeneratedBy": [{"Name": "neurofusion.synth", "Version": _package_version(),
-                         "Description": "Synthetic T1w and resting-state BOLD from MNI152 anatomy and the AAL "
-                                        "atlas with known, controllable disease effects"}],
-    })
+    _write_json(
+        root / "dataset_description.json",
+        {
+            "Name": f"neurofusion synthetic cohort (profile {settings['profile']}, seed {settings['seed']})",
+            "BIDSVersion": "1.8.0",
+            "DatasetType": "raw",
+            "License": "CC0",
+            "GeneratedBy": [
+                {
+                    "Name": "neurofusion.synth",
+                    "Version": _package_version(),
+                    "Description": "Synthetic T1w and resting-state BOLD from MNI152 anatomy and the AAL "
+                    "atlas with known, controllable disease effects",
+                }
+            ],
+        },
+    )
     (root / "README").write_text(_README.format(**settings), encoding="utf8")
     participants = [{"participant_id": r["subject_id"], **r} for r in rows]
-    _write_table(root / "participants.tsv", participants, ("participant_id", "diagnosis", "age", "sex", "site"),
-                 delimiter="\t")
+    _write_table(
+        root / "participants.tsv", participants, ("participant_id", "diagnosis", "age", "sex", "site"), delimiter="\t"
+    )
     _write_json(root / "participants.json", _PARTICIPANTS_JSON)
     (root / ".bidsignore").write_text("manifest*.csv\nsynth_truth.tsv\n", encoding="utf8")
     flat = [_flatten(t) for t in truths]
@@ -189,9 +216,18 @@ def _check_destination(out: Path) -> None:
         raise ValueError(f"{out}: output folder exists and is not empty; choose a new folder or remove it")
 
 
-def write_cohort(out_dir, n_cn: int = 10, n_mci: int = 10, n_ad: int = 9, n_mri_only: int = 0, seed: int = 0,
-                 profile: str | SynthProfile = "demo", structural_effect: float = 1.0,
-                 functional_effect: float = 1.0, progress: bool = True) -> Path:
+def write_cohort(
+    out_dir,
+    n_cn: int = 10,
+    n_mci: int = 10,
+    n_ad: int = 9,
+    n_mri_only: int = 0,
+    seed: int = 0,
+    profile: str | SynthProfile = "demo",
+    structural_effect: float = 1.0,
+    functional_effect: float = 1.0,
+    progress: bool = True,
+) -> Path:
     """Write a synthetic BIDS cohort with manifests and return the path of ``manifest.csv``.
 
     Paired subjects (``sub-001``...) get a T1w and a resting-state BOLD run; MRI-only subjects
@@ -227,12 +263,18 @@ def write_cohort(out_dir, n_cn: int = 10, n_mci: int = 10, n_ad: int = 9, n_mri_
         _prepare(settings_profile, paired=n_cn + n_mci + n_ad > 0)
         rows, truths = [], []
         for subject in tqdm(subjects, desc="synth", unit="subject", disable=not progress):
-            row, truth = _synthesize_subject(tmp, subject, int(seed), settings_profile, float(structural_effect),
-                                             float(functional_effect))
+            row, truth = _synthesize_subject(
+                tmp, subject, int(seed), settings_profile, float(structural_effect), float(functional_effect)
+            )
             rows.append(row)
             truths.append(truth)
-        settings = {"profile": settings_profile.name, "seed": int(seed), "structural_effect": structural_effect,
-                    "functional_effect": functional_effect, **counts}
+        settings = {
+            "profile": settings_profile.name,
+            "seed": int(seed),
+            "structural_effect": structural_effect,
+            "functional_effect": functional_effect,
+            **counts,
+        }
         _write_dataset_files(tmp, rows, truths, settings)
         _write_manifests(tmp, rows)
         _check_destination(out)
@@ -268,13 +310,17 @@ manifest_mri_only.csv when both kinds are present).
 """
 
 _PARTICIPANTS_JSON = {
-    "participant_id": {"Description": "BIDS subject label: sub-001... paired (T1w + rest BOLD), "
-                                      "sub-m0001... MRI-only (T1w)"},
-    "diagnosis": {"Description": "Simulated diagnostic group",
-                  "Levels": {"CN": "cognitively normal", "MCI": "mild cognitive impairment",
-                             "AD": "Alzheimer's disease"}},
+    "participant_id": {
+        "Description": "BIDS subject label: sub-001... paired (T1w + rest BOLD), sub-m0001... MRI-only (T1w)"
+    },
+    "diagnosis": {
+        "Description": "Simulated diagnostic group",
+        "Levels": {"CN": "cognitively normal", "MCI": "mild cognitive impairment", "AD": "Alzheimer's disease"},
+    },
     "age": {"Description": "Simulated age at scan", "Units": "year"},
     "sex": {"Description": "Simulated sex", "Levels": {"F": "female", "M": "male"}},
-    "site": {"Description": "Simulated acquisition site (differs in noise and bias field)",
-             "Levels": {site: f"simulated scanner {k + 1}" for k, site in enumerate(SITES)}},
+    "site": {
+        "Description": "Simulated acquisition site (differs in noise and bias field)",
+        "Levels": {site: f"simulated scanner {k + 1}" for k, site in enumerate(SITES)},
+    },
 }

@@ -31,15 +31,40 @@ NETWORKS = ("default", "visual", "somatomotor", "salience", "frontoparietal", "s
 
 #: Region-name prefixes per network, matched in order (more specific prefixes first).
 _NETWORK_RULES: tuple[tuple[str, str], ...] = (
-    *((p, "default") for p in ("Precuneus", "Cingulum_Post", "Cingulum_Mid", "Frontal_Sup_Medial",
-                               "Frontal_Med_Orb", "Angular", "Hippocampus", "ParaHippocampal", "Temporal_Pole",
-                               "Temporal_Mid", "Rectus")),
+    *(
+        (p, "default")
+        for p in (
+            "Precuneus",
+            "Cingulum_Post",
+            "Cingulum_Mid",
+            "Frontal_Sup_Medial",
+            "Frontal_Med_Orb",
+            "Angular",
+            "Hippocampus",
+            "ParaHippocampal",
+            "Temporal_Pole",
+            "Temporal_Mid",
+            "Rectus",
+        )
+    ),
     *((p, "visual") for p in ("Calcarine", "Cuneus", "Lingual", "Occipital", "Fusiform")),
-    *((p, "somatomotor") for p in ("Precentral", "Postcentral", "Supp_Motor_Area", "Paracentral_Lobule",
-                                   "Rolandic_Oper", "Heschl", "Temporal_Sup")),
+    *(
+        (p, "somatomotor")
+        for p in (
+            "Precentral",
+            "Postcentral",
+            "Supp_Motor_Area",
+            "Paracentral_Lobule",
+            "Rolandic_Oper",
+            "Heschl",
+            "Temporal_Sup",
+        )
+    ),
     *((p, "salience") for p in ("Insula", "Cingulum_Ant", "SupraMarginal", "Olfactory", "Frontal_Inf_Oper")),
-    *((p, "frontoparietal") for p in ("Frontal_Sup", "Frontal_Mid", "Frontal_Inf", "Parietal_Inf",
-                                      "Parietal_Sup", "Temporal_Inf")),
+    *(
+        (p, "frontoparietal")
+        for p in ("Frontal_Sup", "Frontal_Mid", "Frontal_Inf", "Parietal_Inf", "Parietal_Sup", "Temporal_Inf")
+    ),
     *((p, "subcortical") for p in ("Caudate", "Putamen", "Pallidum", "Thalamus", "Amygdala")),
     *((p, "cerebellar") for p in ("Cerebelum", "Vermis")),
 )
@@ -47,17 +72,33 @@ _NETWORK_RULES: tuple[tuple[str, str], ...] = (
 #: AAL regions of the default-mode network (whose coupling weakens with disease).
 DMN_REGIONS: tuple[str, ...] = tuple(
     f"{stem}_{hemi}"
-    for stem in ("Precuneus", "Cingulum_Post", "Cingulum_Mid", "Frontal_Sup_Medial", "Frontal_Med_Orb",
-                 "Angular", "Hippocampus", "ParaHippocampal", "Temporal_Pole_Sup", "Temporal_Pole_Mid",
-                 "Temporal_Mid", "Rectus")
+    for stem in (
+        "Precuneus",
+        "Cingulum_Post",
+        "Cingulum_Mid",
+        "Frontal_Sup_Medial",
+        "Frontal_Med_Orb",
+        "Angular",
+        "Hippocampus",
+        "ParaHippocampal",
+        "Temporal_Pole_Sup",
+        "Temporal_Pole_Mid",
+        "Temporal_Mid",
+        "Rectus",
+    )
     for hemi in ("L", "R")
 )
 _MEDIAL_TEMPORAL_DMN = ("Hippocampus", "ParaHippocampal")
 
 #: Correlations between network latent signals (others 0); kept small so the matrix is positive definite.
-_NETWORK_CORRELATIONS = {("default", "salience"): -0.2, ("default", "frontoparietal"): 0.1,
-                         ("salience", "frontoparietal"): 0.3, ("visual", "somatomotor"): 0.3,
-                         ("subcortical", "salience"): 0.2, ("cerebellar", "somatomotor"): 0.2}
+_NETWORK_CORRELATIONS = {
+    ("default", "salience"): -0.2,
+    ("default", "frontoparietal"): 0.1,
+    ("salience", "frontoparietal"): 0.3,
+    ("visual", "somatomotor"): 0.3,
+    ("subcortical", "salience"): 0.2,
+    ("cerebellar", "somatomotor"): 0.2,
+}
 
 #: Per-site BOLD temporal SNR ranges (baseline / thermal noise SD per voxel).
 SITE_BOLD_TSNR = {"site01": (60.0, 90.0), "site02": (45.0, 70.0)}
@@ -169,8 +210,7 @@ def roi_signals(rng: np.random.Generator, params: FunctionalParams, names, n_tim
     loadings = rng.uniform(0.55, 0.8, size=len(names))
     in_dmn = np.isin(names, DMN_REGIONS)
     loadings[in_dmn] *= params.dmn_scale
-    loadings[in_dmn & np.array([n.startswith(_MEDIAL_TEMPORAL_DMN) for n in names])] *= \
-        params.medial_temporal_scale
+    loadings[in_dmn & np.array([n.startswith(_MEDIAL_TEMPORAL_DMN) for n in names])] *= params.medial_temporal_scale
     loadings = np.minimum(loadings, 0.95)
     loadings[member == "none"] = 0.0
     index = np.array([NETWORKS.index(m) if m in NETWORKS else 0 for m in member])
@@ -222,14 +262,20 @@ def bold_grid(voxel_mm: float) -> _BoldGrid:
     flat_brain = brain.ravel(order="F")
     # T2*-like contrast from the T1: CSF brightest, then grey, then white matter
     baseline = 1000.0 * (0.6 + 0.5 * np.clip(1.0 - t1, 0.0, 0.7))
-    return _BoldGrid(shape=shape, affine=affine, brain_idx=np.flatnonzero(flat_brain),
-                     background_idx=np.flatnonzero(~flat_brain),
-                     roi_row=lut[labels.ravel(order="F")[flat_brain]],
-                     baseline=baseline.ravel(order="F")[flat_brain].astype(np.float32), names=atlas.names)
+    return _BoldGrid(
+        shape=shape,
+        affine=affine,
+        brain_idx=np.flatnonzero(flat_brain),
+        background_idx=np.flatnonzero(~flat_brain),
+        roi_row=lut[labels.ravel(order="F")[flat_brain]],
+        baseline=baseline.ravel(order="F")[flat_brain].astype(np.float32),
+        names=atlas.names,
+    )
 
 
-def synthesize_bold(params: FunctionalParams, voxel_mm: float, n_volumes: int, tr: float,
-                    rng: np.random.Generator) -> nib.Nifti1Image:
+def synthesize_bold(
+    params: FunctionalParams, voxel_mm: float, n_volumes: int, tr: float, rng: np.random.Generator
+) -> nib.Nifti1Image:
     """Render one resting-state run on the MNI bounding box grid.
 
     Args:

@@ -25,8 +25,10 @@ from pipeline.synth.anatomy import (
 )
 
 #: Per-site acquisition differences: T1 noise (fraction of white matter) and bias field strength ranges.
-SITE_T1 = {"site01": {"noise": (0.015, 0.03), "bias": (0.05, 0.12)},
-           "site02": {"noise": (0.025, 0.04), "bias": (0.08, 0.15)}}
+SITE_T1 = {
+    "site01": {"noise": (0.015, 0.03), "bias": (0.05, 0.12)},
+    "site02": {"noise": (0.025, 0.04), "bias": (0.08, 0.15)},
+}
 
 _HIPPOCAMPUS_REACH = 1.2  # Gaussian radius of the hippocampal contraction, in hippocampus SDs
 _T1_SCALE = 1000.0  # stored intensity of white matter before the global gain
@@ -141,8 +143,10 @@ def _template_coords(params: StructuralParams, ts: TemplateSpace, lin: np.ndarra
     """
     start = np.array([b.start for b in block])
     stop = np.array([b.stop for b in block])
-    ijk = [np.arange(b.start, b.stop, dtype=np.float32).reshape([-1 if a == c else 1 for a in range(3)])
-           for c, b in enumerate(block)]
+    ijk = [
+        np.arange(b.start, b.stop, dtype=np.float32).reshape([-1 if a == c else 1 for a in range(3)])
+        for c, b in enumerate(block)
+    ]
     lin32 = lin.astype(np.float32)
     q = [lin32[c, 0] * ijk[0] + lin32[c, 1] * ijk[1] + lin32[c, 2] * ijk[2] + lin32[c, 3] for c in range(3)]
     to_vox = np.linalg.inv(ts.affine).astype(np.float32)
@@ -155,8 +159,9 @@ def _template_coords(params: StructuralParams, ts: TemplateSpace, lin: np.ndarra
         hi = lo + np.diag(field_affine)[:3] * (np.array(ts.ventricle_push.shape[1:]) - 1)
         sub = _box_slices(lin, lo, hi, start, stop)
         part = coords[(slice(None), *sub)]
-        _push_walls(part, [q[c][sub] for c in range(3)], ts.ventricle_push, field_affine, params.ventricle_expansion,
-                    to_vox)
+        _push_walls(
+            part, [q[c][sub] for c in range(3)], ts.ventricle_push, field_affine, params.ventricle_expansion, to_vox
+        )
     moves = [(centre, sd * _HIPPOCAMPUS_REACH, params.hippocampal_contraction) for centre, sd in ts.hippocampi]
     for centre, radius, amount in moves:
         if amount == 0.0:
