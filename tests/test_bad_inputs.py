@@ -290,3 +290,15 @@ def test_predict_refuses_a_broken_manifest_and_writes_nothing(corpus, untrained,
     line = refused(capsys, predict(untrained, "fmri_lstm", tmp_path / "out", "--manifest", str(manifest)))
     assert says(line, corpus.expected(case, manifest)), line
     assert not (tmp_path / "out").exists()
+
+
+def test_bundle_inference_refuses_an_override_of_the_wrong_type_before_writing(corpus, tmp_path):
+    config = REPO / "bundles" / "fmri_lstm" / "configs" / "inference.yaml"
+    out = tmp_path / "out"
+    result = run_cli(
+        "-m", "monai.bundle", "run", "--config_file", str(config), "--manifest", str(corpus.manifest()),
+        "--output_dir", str(out), "--batch_size", "two",
+    )  # fmt: skip
+    assert result.returncode != 0
+    assert "bundle key 'batch_size' must be a positive integer, got 'two'" in result.stderr, result.stderr[-2000:]
+    assert not out.exists()
