@@ -204,6 +204,10 @@ STUDY_CASES = {
     ),
     "cohort-name-is-a-path": (None, "cohorts.../escaped: a cohort name names a folder of the run"),
     "folds-not-a-number": ("cv: {folds: five}\n", "cv.folds: must be an integer >= 2, got 'five'"),
+    "python-object-tag": (  # yaml.safe_load builds no Python objects: the tag is refused, nothing runs
+        "name: !!python/object/apply:os.system ['echo ran']\n",
+        "not valid YAML (could not determine a constructor for the tag 'tag:yaml.org,2002:python/object/apply",
+    ),
 }
 
 BAD_ROW = 14  # line of the subject with the broken file (after the header and twelve good subjects)

@@ -60,3 +60,32 @@ def test_best_model_is_replaced_whole_or_not_at_all(tmp_path, monkeypatch):
     monkeypatch.undo()
     assert torch.equal(torch.load(tmp_path / "model.pt", weights_only=True)["weight"], saved["weight"])
     assert [p.name for p in tmp_path.iterdir()] == ["model.pt"]
+
+
+class _RunsCode:
+    """Unpickling this runs code (touches a file): what a malicious checkpoint would do."""
+
+    def __init__(self, marker):
+        self.marker = marker
+
+    def __reduce__(self):
+        return (open, (str(self.marker), "w"))
+
+
+def test_resume_checkpoint_that_would_run_code_is_refused(tmp_path):
+    import pickle
+
+    import torch
+    from ignite.engine import Engine
+
+    from pipeline.engine import ResumeCheckpointLoader
+
+    marker = tmp_path / "code_ran"
+    torch.save({"model": {"weight": _RunsCode(marker)}}, tmp_path / "checkpoint.pt")
+    engine = Engine(lambda engine, batch: None)
+    ResumeCheckpointLoader(
+        load_path=str(tmp_path / "checkpoint.pt"), load_dict={"model": torch.nn.Linear(2, 2)}
+    ).attach(engine)
+    with pytest.raises(pickle.UnpicklingError, match="Weights only load failed"):
+        engine.run([0], max_epochs=1)
+    assert not marker.exists()
