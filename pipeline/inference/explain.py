@@ -126,7 +126,7 @@ def roi_importance(
     series: torch.Tensor,
     rows: torch.Tensor,
     class_index: int,
-    batch_size: int = 16,
+    batch_size: int = 128,
 ) -> np.ndarray:
     """Drop of the class's log-probability when each ROI's rows of ``series`` are set to 0, ``[R]``.
 
@@ -135,7 +135,8 @@ def roi_importance(
         series: the subject's sequence ``[rows, T]`` as the model reads it.
         rows: ``[R, rows]`` from :func:`roi_rows`.
         class_index: the class explained.
-        batch_size: occluded sequences per forward pass.
+        batch_size: occluded sequences per forward pass (few large passes: an LSTM step is a small matrix product,
+            and each pass pays a synchronisation of the threads per time step).
     """
     with torch.no_grad():
         baseline = torch.log_softmax(classify(series[None]), dim=1)[0, class_index]
