@@ -87,6 +87,36 @@ def _item(row, modalities: Sequence[str], keys: Mapping[str, str], labelled: boo
     return item
 
 
+class RecoveringPersistentDataset(PersistentDataset):
+    """MONAI's ``PersistentDataset`` that recomputes any cache file it cannot load.
+
+    MONAI writes a cache file in the system's temporary folder and moves it into ``cache_dir``; where the two are on
+    different file systems the move is a copy, and a run killed during it leaves a truncated file under the final
+    name. MONAI recomputes only some corrupt files; a truncated one failed every later run (``PytorchStreamReader failed
+    reading zip archive``, ``OSError: Invalid argument``), so a killed study could not resume. Arguments are those of
+    :class:`monai.data.PersistentDataset`.
+    """
+
+    def _cachecheck(self, item_transformed):
+        try:
+            return super()._cachecheck(item_transformed)
+        except PermissionError:
+            raise
+        except (RuntimeError, OSError, EOFError):  # how torch.load fails on a truncated file depends on where it ends
+            hashfile = self._cache_file(item_transformed)
+            if hashfile is None or not hashfile.is_file():
+                raise  # not a cache file that failed to load: the transform's own error
+            logger.warning("%s: unreadable cache file (left by a killed run?); recomputing it", hashfile)
+            hashfile.unlink()
+            return super()._cachecheck(item_transformed)
+
+    def _cache_file(self, item_transformed) -> Path | None:
+        """Where MONAI keeps the cache of ``item_transformed``."""
+        if self.cache_dir is None:
+            return None
+        return self.cache_dir / f"{self.hash_func(item_transformed).decode('utf-8')}{self.transform_hash}.pt"
+
+
 def make_dataset(
     data: Sequence[dict],
     transform: Callable,
@@ -96,9 +126,10 @@ def make_dataset(
 ) -> Dataset:
     """A dataset that caches the deterministic prefix of ``transform``.
 
-    With ``cache_dir`` the cache lives on disk (``PersistentDataset``, keyed by the item and the transform, so
-    a study's folds share it and a changed chain never reads a stale entry); otherwise ``cache_rate`` of the items
-    are cached in memory (``CacheDataset``); ``cache_rate=0`` and no ``cache_dir`` caches nothing.
+    With ``cache_dir`` the cache lives on disk (:class:`RecoveringPersistentDataset`, keyed by the item and the
+    transform, so a study's folds share it and a changed chain never reads a stale entry; a file a killed run left
+    unreadable is recomputed); otherwise ``cache_rate`` of the items are cached in memory (``CacheDataset``);
+    ``cache_rate=0`` and no ``cache_dir`` caches nothing.
 
     Args:
         data: MONAI data list.
@@ -108,7 +139,7 @@ def make_dataset(
         num_workers: threads filling the in-memory cache.
     """
     if cache_dir:
-        return PersistentDataset(data, transform, cache_dir=cache_dir, hash_transform=pickle_hashing)
+        return RecoveringPersistentDataset(data, transform, cache_dir=cache_dir, hash_transform=pickle_hashing)
     if cache_rate > 0:
         return CacheDataset(data, transform, cache_rate=cache_rate, num_workers=num_workers or None, progress=False)
     return Dataset(data, transform)

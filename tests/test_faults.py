@@ -224,3 +224,20 @@ def test_the_offline_guard_refuses_connections(tmp_path):
     result = subprocess.run([sys.executable, "-c", probe], env=env, capture_output=True, text=True, timeout=60)
     assert "network access is disabled in this test" in result.stdout
     assert (tmp_path / "offline" / "log").read_text().strip() == "('192.0.2.1', 80)"
+
+
+def test_a_cache_file_left_truncated_by_a_killed_run_is_recomputed(tmp_path):
+    # a study's on-disk cache (RUN/cache/<model>): MONAI moves each file in from the system's temporary folder, a
+    # copy when that is another file system, so a kill can leave half a file under its final name
+    import numpy as np
+    from monai.transforms import Compose, ScaleIntensityd
+
+    from pipeline.data import make_dataset
+
+    data, chain = [{"x": np.arange(4000, dtype=np.float32)}], Compose([ScaleIntensityd(keys="x")])
+    first = make_dataset(data, chain, cache_dir=tmp_path)[0]["x"]
+    (cached,) = tmp_path.glob("*.pt")
+    cached.write_bytes(cached.read_bytes()[: cached.stat().st_size // 2])
+    again = make_dataset(data, chain, cache_dir=tmp_path)[0]["x"]
+    assert torch.equal(torch.as_tensor(again), torch.as_tensor(first))
+    assert torch.equal(torch.as_tensor(torch.load(cached, weights_only=True)["x"]), torch.as_tensor(first))
