@@ -198,8 +198,8 @@ STUDY_CASES = {
         "overrides: {epochs: '5'}\n",
         "overrides: bundle key 'epochs' must be a positive integer, got '5'",
     ),
-    "override-exponent-as-text": (
-        "overrides: {learning_rate: 1e-3}\n",
+    "override-number-as-text": (
+        "overrides: {learning_rate: '0.001'}\n",
         "bundle key 'learning_rate' must be a number >= 0",
     ),
     "cohort-name-is-a-path": (None, "cohorts.../escaped: a cohort name names a folder of the run"),

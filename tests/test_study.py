@@ -175,6 +175,14 @@ def test_unknown_study_key_and_bundle_are_refused(tmp_path):
         load_study(tmp_path / "t.yaml")
 
 
+def test_exponent_numbers_in_a_study_are_numbers(tmp_path):
+    """PyYAML reads ``1e-3`` as text (YAML 1.1); a study reads it as the number a user means."""
+    exponents = "overrides:\n  learning_rate: 1e-3\n  weight_decay: 5E-5"
+    (tmp_path / "s.yaml").write_text(SMOKE.read_text().replace("overrides:", exponents, 1))
+    overrides = load_study(tmp_path / "s.yaml").overrides
+    assert overrides["learning_rate"] == pytest.approx(0.001) and overrides["weight_decay"] == pytest.approx(5e-5)
+
+
 def test_paper_study_encodes_the_papers_grid():
     study = load_study(REPO / "bundles" / "experiments" / "paper_study.yaml")
     jobs = plan_jobs(study)

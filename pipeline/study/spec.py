@@ -32,6 +32,17 @@ CV_KEYS = {"folds", "repeats", "seed", "val_fraction"}
 COHORT_NAME = re.compile(r"[A-Za-z0-9][A-Za-z0-9_.-]*")
 
 
+class StudyLoader(yaml.SafeLoader):
+    """``yaml.SafeLoader`` that reads numbers as YAML 1.2 does: ``1e-3`` is a float (YAML 1.1 reads it as text)."""
+
+
+StudyLoader.add_implicit_resolver(
+    "tag:yaml.org,2002:float",
+    re.compile(r"^[-+]?(?:\d+\.?\d*|\.\d+)[eE][-+]?\d+$"),
+    list("-+0123456789."),
+)
+
+
 class StudyError(ValueError):
     """The study YAML is invalid; the message names the file and key."""
 
@@ -93,7 +104,7 @@ def load_study(path: str | Path, manifests: dict[str, str] | None = None) -> Stu
         raise StudyError(f"{path}: study file not found")
     text = path.read_text()
     try:
-        raw = yaml.safe_load(text)
+        raw = yaml.load(text, Loader=StudyLoader)  # safe: builds no Python objects
     except yaml.YAMLError as err:
         raise StudyError(f"{path}: not valid YAML ({err})") from None
     if not isinstance(raw, dict):
