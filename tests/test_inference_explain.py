@@ -125,6 +125,40 @@ def test_the_saliency_of_the_untrained_network_fails_the_same_criterion(explaine
     assert atrophied <= random
 
 
+def test_gradcam_reads_the_last_convolution_block_of_the_mri_encoder_of_either_network():
+    from pipeline.networks import FusionClassifier, MRIClassifier
+
+    torch.manual_seed(0)
+    network, series, images = FusionClassifier(n_rois=4).eval(), torch.randn(4, 8), torch.randn(2, 1, 16, 16, 16)
+    fused = explain.image_classifier(network, series)
+    assert explain.last_convolution_block(MRIClassifier())[0] == "encoder.features.3"
+    assert explain.last_convolution_block(fused)[0] == "network.mri_encoder.features.3"
+    with torch.no_grad():  # the fused network's MRI classifier is the network given the subject's series
+        torch.testing.assert_close(fused(images), network(images, series.expand(2, -1, -1)))
+
+
+@pytest.mark.parametrize("method", list(explain.SALIENCY_METHODS))
+def test_an_explanation_leaves_the_network_as_it_found_it(method):
+    """MONAI's explainers register hooks they keep no handle to and switch the network's mode: none of it stays."""
+    from pipeline.networks import FusionClassifier
+
+    torch.manual_seed(0)
+    network = FusionClassifier(n_rois=4).eval()
+    before = {k: v.clone() for k, v in network.state_dict().items()}
+    saliency = explain.mri_saliency(network, torch.randn(1, 16, 16, 16), 1, torch.randn(4, 8), method)
+    assert saliency.shape == (16, 16, 16) and 0 <= float(saliency.min()) and float(saliency.max()) <= 1
+    assert not any(m._forward_hooks or m._backward_hooks for m in network.modules())
+    assert not network.training and all(p.requires_grad for p in network.parameters())
+    assert all(torch.equal(before[k], v) for k, v in network.state_dict().items())
+
+
+def test_an_unknown_saliency_method_is_refused_naming_the_key_and_the_methods():
+    from pipeline.networks import MRIClassifier
+
+    with pytest.raises(ValueError, match="'saliency_method' must be one of vanilla_grad, gradcam, occlusion"):
+        explain.mri_saliency(MRIClassifier().eval(), torch.zeros(1, 16, 16, 16), 0, method="smoothgrad")
+
+
 def test_roi_occlusion_ranks_first_the_only_roi_a_classifier_reads():
     names = load_atlas("AAL").names
     hippocampus = names.index("Hippocampus_L")

@@ -240,6 +240,41 @@ def test_allow_missing_fmri_predicts_and_flags_it_in_every_output(trained_bundle
     assert full["missing_modalities"] == [] and not any("fMRI missing" in w for w in full["warnings"])
 
 
+# --- saliency methods ----------------------------------------------------------------------------------------
+
+SALIENCY_METHODS = ["vanilla_grad", "gradcam", "occlusion"]
+
+
+@pytest.mark.parametrize("method", SALIENCY_METHODS)
+@pytest.mark.parametrize("name", ["mri_cnn3d", "mri_fmri_fusion"])
+def test_each_saliency_method_maps_the_input_mri_space_in_0_1_and_is_named_in_the_outputs(
+    name, method, trained_bundles, subjects, tmp_path
+):
+    t1, bold = subject_files(subjects)
+    inputs = ["--mri", str(t1)] + (["--fmri", str(bold)] if name == "mri_fmri_fusion" else [])
+    out = tmp_path / "out"
+    assert predict(trained_bundles[name], *inputs, f"--set=saliency_method={method}", "--out", str(out)) == 0
+    reference, saliency = nib.load(t1), nib.load(out / "sub-001" / "saliency.nii.gz")
+    assert saliency.shape == reference.shape
+    np.testing.assert_allclose(saliency.affine, reference.affine, atol=1e-4)
+    values = saliency.get_fdata()
+    assert np.isfinite(values).all() and values.min() >= 0 and 0 < values.max() <= 1 + 1e-6
+    record = json.loads((out / "sub-001" / "prediction.json").read_text())
+    assert record["saliency_method"] == method
+    assert f"Saliency method <code>{method}</code>" in (out / "sub-001" / "report.html").read_text()
+
+
+def test_an_unknown_saliency_method_is_refused_in_one_line_naming_the_key_and_nothing_is_written(
+    trained_bundles, subjects, tmp_path, capsys
+):
+    t1, _ = subject_files(subjects)
+    out = tmp_path / "out"
+    assert predict(trained_bundles["mri_cnn3d"], "--mri", str(t1), "--set=saliency_method=lime", "--out", str(out)) == 1
+    message = one_line_error(capsys)
+    assert "bundle key 'saliency_method' must be one of vanilla_grad, gradcam, occlusion, got 'lime'" in message
+    assert not out.exists()
+
+
 # --- weights ------------------------------------------------------------------------------------------
 
 

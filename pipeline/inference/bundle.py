@@ -14,6 +14,7 @@ import torch
 from monai.bundle import ConfigParser
 from monai.transforms import Compose
 
+from pipeline.inference import explain
 from pipeline.inference.qc import thresholds_of
 
 CONFIG = "inference.yaml"
@@ -37,8 +38,12 @@ class InferenceBundle:
         overrides: config ids and values applied after reading the config (``{"mri_pixdim": [6, 6, 6]}``), as
             ``python -m monai.bundle run --key value`` applies them.
 
+    The bundle key ``saliency_method`` (default ``vanilla_grad``) picks the MRI explanation
+    (:data:`pipeline.inference.explain.SALIENCY_METHODS`).
+
     Raises:
         FileNotFoundError: no bundle config or no weights.
+        ValueError: an unknown ``saliency_method``; weights that are not a plain state dict of the network.
     """
 
     def __init__(
@@ -53,6 +58,10 @@ class InferenceBundle:
         if not self.weights.is_file():
             raise FileNotFoundError(f"{self.weights}: no weights; train the bundle first or give --ckpt")
         self.parser = self._parser()
+        self.saliency_method: str = self.setting("saliency_method", "vanilla_grad")
+        problem = explain.saliency_method_problem(self.saliency_method)
+        if problem:
+            raise ValueError(f"{self.config}: {problem}")
         self.meta = self.parser.get("_meta_")
         self.modalities: list[str] = list(self.parser.get_parsed_content("modalities"))
         self.keys: dict[str, str] = {"mri": "image", "fmri": "series", **self.parser.get_parsed_content("data_keys")}

@@ -266,7 +266,8 @@ class Predictor:
             return None
         key, device = self.bundle.keys["mri"], self.bundle.device
         series = model_input[self.bundle.keys["fmri"]].to(device) if len(used) == 2 else None
-        grid = explain.mri_saliency(self.bundle.network, model_input[key].to(device), predicted, series)
+        image, method = model_input[key].to(device), self.bundle.saliency_method
+        grid = explain.mri_saliency(self.bundle.network, image, predicted, series, method)
         mri = loaded[key]  # the chain's transforms returned new tensors: this is the scan as read
         affine = mri.affine.numpy()
         return explain.to_input_space(grid, with_meta[key].affine, affine, mri.shape[1:]), mri.numpy()[0], affine
@@ -309,7 +310,8 @@ class Predictor:
             "inputs": self._inputs(subject, item.get("tr")),
             "qc": {"passed": all(f.status != FAIL for f in findings), "findings": [f.as_dict() for f in findings]},
             "saliency": "saliency.nii.gz" if "mri" in used else None,
-            "saliency_method": "|d logit / d voxel| of the predicted class (monai.visualize.VanillaGrad), in [0, 1]",
+            "saliency_method": bundle.saliency_method if "mri" in used else None,
+            "saliency_description": explain.SALIENCY_METHODS[bundle.saliency_method] if "mri" in used else None,
             "fmri_roi_importance": rois if isinstance(rois, list) else [],
             "fmri_roi_importance_note": rois if isinstance(rois, str) else "occlusion: ROI signal set to its mean",
             "research_use_only": report.RESEARCH_ONLY,

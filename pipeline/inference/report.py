@@ -89,15 +89,15 @@ def _probabilities(record: dict) -> str:
     return _table(["class", "probability", ""], cells)
 
 
-def _mri_section(figure: bytes | None) -> str:
+def _mri_section(record: dict, figure: bytes | None) -> str:
     if figure is None:
         return "<p>No MRI input: no saliency map.</p>"
     encoded = base64.b64encode(figure).decode()
     return (
         f'<img alt="MRI slices with saliency overlay" src="data:image/png;base64,{encoded}" width="900">'
-        "<p>Saliency: magnitude of the gradient of the predicted class's score with respect to each voxel, scaled "
-        "to [0, 1] (shown above 0.2), in the input MRI's space (<code>saliency.nii.gz</code>). Slices pass through "
-        "its peak.</p>"
+        f"<p>Saliency method <code>{_e(record['saliency_method'])}</code>: {_e(record['saliency_description'])}; "
+        "shown above 0.2, in the input MRI's space (<code>saliency.nii.gz</code>). Slices pass through its peak. "
+        "Other methods: the bundle key <code>saliency_method</code>.</p>"
     )
 
 
@@ -154,7 +154,7 @@ def render(record: dict, figure: bytes | None) -> str:
 <p class="warning"><strong>{_e(RESEARCH_ONLY)}</strong></p>
 {f'<div class="warning"><strong>Warnings</strong><ul>{flagged}</ul></div>' if warnings else ""}
 <h2>Class probabilities</h2>{_probabilities(record)}
-<h2>MRI saliency</h2>{_mri_section(figure)}
+<h2>MRI saliency</h2>{_mri_section(record, figure)}
 <h2>fMRI ROI importance</h2>{_roi_section(record)}
 <h2>Input quality control</h2>{_qc_section(record)}
 <h2>Provenance</h2>{_provenance(record)}
