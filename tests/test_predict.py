@@ -275,6 +275,16 @@ def test_an_unknown_saliency_method_is_refused_in_one_line_naming_the_key_and_no
     assert not out.exists()
 
 
+def test_an_override_of_the_wrong_type_is_refused_before_anything_is_written(
+    trained_bundles, subjects, tmp_path, capsys
+):
+    t1, _ = subject_files(subjects)
+    out = tmp_path / "out"
+    assert predict(trained_bundles["mri_cnn3d"], "--mri", str(t1), "--set=mri_pixdim=[2,2,x]", "--out", str(out)) == 1
+    assert "--set: bundle key 'mri_pixdim' must be three positive numbers" in one_line_error(capsys)
+    assert not out.exists()
+
+
 # --- weights ------------------------------------------------------------------------------------------
 
 

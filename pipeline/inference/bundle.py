@@ -14,6 +14,7 @@ import torch
 from monai.bundle import ConfigParser
 from monai.transforms import Compose
 
+from pipeline.engine.keys import BundleKeyError, check_bundle_keys
 from pipeline.inference import explain
 from pipeline.inference.qc import thresholds_of
 
@@ -43,7 +44,8 @@ class InferenceBundle:
 
     Raises:
         FileNotFoundError: no bundle config or no weights.
-        ValueError: an unknown ``saliency_method``; weights that are not a plain state dict of the network.
+        ValueError: an override of the wrong type (:func:`pipeline.engine.keys.check_bundle_keys`); an unknown
+            ``saliency_method``; weights that are not a plain state dict of the network.
     """
 
     def __init__(
@@ -54,6 +56,10 @@ class InferenceBundle:
         if not self.config.is_file():
             raise FileNotFoundError(f"{bundle_dir}: not a bundle folder (no configs/{CONFIG})")
         self.overrides = dict(overrides or {})
+        try:
+            check_bundle_keys(**self.overrides)
+        except BundleKeyError as err:
+            raise ValueError(f"--set: {err}") from None
         self.weights = Path(ckpt) if ckpt else self.root / "models" / "model.pt"
         if not self.weights.is_file():
             raise FileNotFoundError(f"{self.weights}: no weights; train the bundle first or give --ckpt")
