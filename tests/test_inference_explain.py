@@ -5,6 +5,7 @@ from __future__ import annotations
 import dataclasses
 import json
 import shutil
+from pathlib import Path
 
 import nibabel as nib
 import numpy as np
@@ -50,13 +51,10 @@ def atrophy_twins(folder, pairs: int = PAIRS, voxel_mm: float = 6.0) -> pd.DataF
     return frame
 
 
-@pytest.fixture(scope="module")
-def explained(tmp_path_factory):
-    """The MRI bundle trained on atrophy twins, then `neurofusion predict` on the held-out atrophied twin;
-    returns (T1 path, output folder)."""
-    data = tmp_path_factory.mktemp("twins")
+def train_on_twins(data: Path, bundle: Path, seed: int = 0) -> Path:
+    """Write the atrophy twins into ``data`` and train a copy of the MRI bundle at ``bundle`` on them (its
+    ``models/model.pt``); returns ``bundle``."""
     atrophy_twins(data)
-    bundle = tmp_path_factory.mktemp("bundle") / "mri_cnn3d"
     shutil.copytree(REPO / "bundles" / "mri_cnn3d", bundle, ignore=shutil.ignore_patterns("models", "eval"))
     train = {**GRID, "epochs": 40, "batch_size": 4, "manifest": str(data / "manifest.csv"), "cache_rate": 1.0}
     run_bundle(
@@ -65,8 +63,18 @@ def explained(tmp_path_factory):
         log_file=data / "train.log",
         output_dir=str(data / "eval"),
         ckpt_dir=str(bundle / "models"),
+        seed=seed,
         **train,
     )
+    return bundle
+
+
+@pytest.fixture(scope="module")
+def explained(tmp_path_factory):
+    """The MRI bundle trained on atrophy twins, then `neurofusion predict` on the held-out atrophied twin;
+    returns (T1 path, output folder)."""
+    data = tmp_path_factory.mktemp("twins")
+    bundle = train_on_twins(data, tmp_path_factory.mktemp("bundle") / "mri_cnn3d")
     t1 = data / "sub-00ad_T1w.nii.gz"
     out = tmp_path_factory.mktemp("predicted")
     grid = [f"--set={key}={json.dumps(value)}".replace(" ", "") for key, value in GRID.items()]

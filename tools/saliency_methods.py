@@ -14,7 +14,6 @@ from __future__ import annotations
 
 import argparse
 import json
-import shutil
 import sys
 import tempfile
 from pathlib import Path
@@ -25,29 +24,16 @@ import numpy as np
 REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))
 
-from pipeline.engine.workflow import run_bundle  # noqa: E402
 from pipeline.inference import InferenceBundle, Predictor, Subject, explain  # noqa: E402
 from pipeline.synth import atrophy_mask  # noqa: E402
-from tests.test_inference_explain import GRID, QC_LIMITS, atrophy_twins, random_regions  # noqa: E402
+from tests.test_inference_explain import GRID, QC_LIMITS, random_regions, train_on_twins  # noqa: E402
 
 
 def measure(seed: int, work: Path) -> list[dict]:
     """Train on the twins with ``seed`` and explain the held-out atrophied twin with every method."""
     data = work / f"twins-{seed}"
     data.mkdir()
-    atrophy_twins(data)
-    bundle = work / f"bundle-{seed}"
-    shutil.copytree(REPO / "bundles" / "mri_cnn3d", bundle, ignore=shutil.ignore_patterns("models", "eval"))
-    train = {**GRID, "epochs": 40, "batch_size": 4, "manifest": str(data / "manifest.csv"), "cache_rate": 1.0}
-    run_bundle(
-        bundle,
-        ["train.yaml"],
-        log_file=data / "train.log",
-        output_dir=str(data / "eval"),
-        ckpt_dir=str(bundle / "models"),
-        seed=seed,
-        **train,
-    )
+    bundle = train_on_twins(data, work / f"bundle-{seed}", seed)
     t1 = data / "sub-00ad_T1w.nii.gz"
     reference = nib.load(t1)
     atrophied = atrophy_mask(reference)
