@@ -10,6 +10,7 @@ import hashlib
 import json
 import re
 import shutil
+from pathlib import Path
 
 import nibabel as nib
 import numpy as np
@@ -20,6 +21,7 @@ import torch
 from pipeline.cli import main
 from pipeline.engine.workflow import run_bundle
 from pipeline.inference import InferenceBundle
+from pipeline.inference.outputs import staged
 from pipeline.inference.report import RESEARCH_ONLY
 from tests.conftest import REPO, TINY_OVERRIDES
 
@@ -198,6 +200,32 @@ def test_nothing_is_overwritten_without_force(trained_bundles, subjects, tmp_pat
     after = listing(out)
     assert after["notes.txt"] == before["notes.txt"] and after.keys() == before.keys()
     assert after["sub-001/prediction.json"] != before["sub-001/prediction.json"]  # a new run (created time)
+
+
+def test_a_force_replacement_failing_midway_restores_every_previous_output(tmp_path, monkeypatch):
+    out = tmp_path / "out"
+    for name in ("sub-001", "sub-002", "sub-003"):
+        (out / name).mkdir(parents=True)
+        (out / name / "prediction.json").write_text(f"old {name}")
+    (out / "predictions.csv").write_text("old table")
+    (out / "notes.txt").write_text("mine")
+    before = listing(out)
+    rename = Path.rename
+
+    def failing_rename(self, target):  # the second new entry cannot be moved into place
+        if self.parent.name.startswith(".neurofusion-predict-") and self.name == "sub-002":
+            raise OSError("disk gone")
+        return rename(self, target)
+
+    monkeypatch.setattr(Path, "rename", failing_rename)
+    entries = ["sub-001", "sub-002", "sub-003", "predictions.csv"]
+    with pytest.raises(OSError, match="disk gone"), staged(out, entries, force=True) as staging:
+        for name in entries[:3]:
+            (staging / name).mkdir()
+            (staging / name / "prediction.json").write_text(f"new {name}")
+        (staging / "predictions.csv").write_text("new table")
+    assert listing(out) == before
+    assert sorted(p.name for p in out.iterdir()) == sorted([*entries, "notes.txt"])  # no staging folder left
 
 
 def test_nothing_is_written_outside_out(trained_bundles, subjects, tmp_path, monkeypatch):

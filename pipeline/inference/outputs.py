@@ -3,6 +3,8 @@ only when all succeeded, so a refusal or an error leaves nothing behind and noth
 
 from __future__ import annotations
 
+import contextlib
+import logging
 import re
 import shutil
 import tempfile
@@ -17,7 +19,9 @@ from pipeline.inference.predict import Predictor, Subject
 from pipeline.io import atomic_write_text
 
 TABLE = "predictions.csv"
+_REPLACED = ".replaced"
 _NAME = re.compile(r"[A-Za-z0-9][A-Za-z0-9._-]*")
+logger = logging.getLogger(__name__)
 
 
 def check_names(subjects: Sequence[Subject]) -> None:
@@ -56,18 +60,45 @@ def staged(out: Path, entries: Sequence[str], force: bool) -> Iterator[Path]:
     staging = Path(tempfile.mkdtemp(prefix=".neurofusion-predict-", dir=out))
     try:
         yield staging
-        replaced = staging / ".replaced"
-        replaced.mkdir()
-        for name in entries:
-            if (out / name).exists():
-                (out / name).rename(replaced / name)
-            (staging / name).rename(out / name)
+        _commit(out, staging, entries)
     except BaseException:
+        if (staging / _REPLACED).exists() and any((staging / _REPLACED).iterdir()):
+            # the commit could not put every previous entry back: keep them in the staging folder rather than lose them
+            logger.error("%s: could not restore every replaced output; they are kept in %s", out, staging / _REPLACED)
+            raise
         shutil.rmtree(staging, ignore_errors=True)
         if created:
             shutil.rmtree(out, ignore_errors=True)
         raise
     shutil.rmtree(staging, ignore_errors=True)
+
+
+def _commit(out: Path, staging: Path, entries: Sequence[str]) -> None:
+    """Move ``entries`` from ``staging`` into ``out``, existing ones first moved aside into ``staging/.replaced``.
+
+    On an error every step done is undone (new entries back into ``staging``, previous ones back into ``out``) before
+    the error is raised again, so ``out`` is never left half replaced.
+    """
+    replaced = staging / _REPLACED
+    replaced.mkdir()
+    steps: list[tuple[str, bool]] = []  # (name, its previous entry was moved aside), in order
+    placed = 0  # how many of ``steps`` have their new entry in ``out``
+    try:
+        for name in entries:
+            aside = (out / name).exists()
+            if aside:
+                (out / name).rename(replaced / name)
+            steps.append((name, aside))
+            (staging / name).rename(out / name)
+            placed += 1
+    except BaseException:
+        for index, (name, aside) in reversed(list(enumerate(steps))):
+            with contextlib.suppress(OSError):  # one failed undo must not stop the others
+                if index < placed:
+                    (out / name).rename(staging / name)
+                if aside:
+                    (replaced / name).rename(out / name)
+        raise
 
 
 def _table_row(subject: Subject, record: dict) -> dict:

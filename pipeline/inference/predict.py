@@ -35,7 +35,7 @@ from pipeline.inference.qc import (
     raise_on_failure,
     warnings_of,
 )
-from pipeline.io import atomic_write_json, atomic_write_text
+from pipeline.io import atomic_path, atomic_write_json, atomic_write_text
 from pipeline.transforms.checks import CheckImageFiled, CheckImageValuesd
 from pipeline.transforms.fmri import resolve_tr
 
@@ -347,6 +347,7 @@ class Predictor:
             image.header.set_xyzt_units("mm")
             note = "; fMRI missing" if record["missing_modalities"] else ""
             image.header["descrip"] = f"neurofusion saliency, class {record['predicted_class']}{note}".encode()[:80]
-            nib.save(image, str(folder / "saliency.nii.gz"))
+            with atomic_path(folder / "saliency.nii.gz", suffix=".nii.gz") as tmp:
+                nib.save(image, str(tmp))
         with timer("report figure"):
             return report.slices_png(mri, affine, grid)
