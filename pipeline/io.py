@@ -5,10 +5,29 @@ from __future__ import annotations
 import contextlib
 import json
 import os
+import re
 import tempfile
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
+
+import yaml
+
+
+class NumberLoader(yaml.SafeLoader):
+    """``yaml.SafeLoader`` that reads numbers as YAML 1.2 does: ``1e-3`` is a float (YAML 1.1 reads it as text)."""
+
+
+NumberLoader.add_implicit_resolver(
+    "tag:yaml.org,2002:float",
+    re.compile(r"^[-+]?(?:\d+\.?\d*|\.\d+)[eE][-+]?\d+$"),
+    list("-+0123456789."),
+)
+
+
+def load_yaml(text: str) -> Any:
+    """Parse YAML text safely (no Python objects), numbers as YAML 1.2 reads them (:class:`NumberLoader`)."""
+    return yaml.load(text, Loader=NumberLoader)  # a SafeLoader: builds no Python objects
 
 
 @contextlib.contextmanager

@@ -19,9 +19,11 @@ import pytest
 import torch
 
 from pipeline.cli import main
+from pipeline.commands.predict import parse_overrides
 from pipeline.engine.workflow import run_bundle
 from pipeline.inference import InferenceBundle
 from pipeline.inference.outputs import staged
+from pipeline.inference.predict import folder_sha256
 from pipeline.inference.report import RESEARCH_ONLY
 from tests.conftest import REPO, TINY_OVERRIDES
 
@@ -406,6 +408,7 @@ REFUSALS = [  # (bundle, input, variant, extra arguments, reason in the message)
     ("fmri_lstm", "fmri", "volumes", [], r"volumes: 40 \(needs >= 50, qc#fmri#min_volumes\)"),
     ("fmri_lstm", "fmri", "static", [], "no signal over time"),
     ("fmri_lstm", "fmri", "copy", ["--tr", "7"], r"TR: 7 s .*\(allowed 0.3-5, qc#fmri#tr_seconds\)"),
+    ("fmri_lstm", "fmri", "copy", ["--tr", "3000"], r"implausible TR 3000 s from --tr \(it looks like milliseconds"),
 ]
 
 
@@ -525,6 +528,31 @@ def test_a_dicom_folder_as_mri_predicts_as_its_nifti(trained_bundles, subjects, 
     np.testing.assert_allclose(saliency.affine, nib.load(tmp_path / "from-dicom" / "mri_from_dicom.nii.gz").affine)
 
 
+def test_a_mistyped_set_key_is_refused_instead_of_running_with_the_default(trained_bundles, subjects, tmp_path, capsys):
+    t1, _ = subject_files(subjects)
+    out = tmp_path / "out"
+    assert (
+        predict(trained_bundles["mri_cnn3d"], "--mri", str(t1), "--set=saliency_methd=gradcam", "--out", str(out)) == 1
+    )
+    assert "--set saliency_methd: " in one_line_error(capsys) and not out.exists()
+
+
+def test_set_values_read_exponents_as_numbers():
+    assert parse_overrides(["qc#mri#min_atlas_coverage=5e-1", "mri_pixdim=[2, 2, 2]"]) == {
+        "qc#mri#min_atlas_coverage": 0.5,
+        "mri_pixdim": [2, 2, 2],
+    }
+
+
+def test_a_dicom_series_hash_covers_files_in_subfolders(tmp_path):
+    (tmp_path / "series" / "run1").mkdir(parents=True)
+    (tmp_path / "series" / "run1" / "IM0001").write_bytes(b"slice")
+    first = folder_sha256(tmp_path / "series")
+    assert first != hashlib.sha256().hexdigest()  # not the hash of an empty folder
+    (tmp_path / "series" / "run1" / "IM0001").write_bytes(b"other slice")
+    assert folder_sha256(tmp_path / "series") != first
+
+
 # --- benchmark ----------------------------------------------------------------------------------------------
 
 
@@ -544,3 +572,15 @@ def test_bench_infer_prints_stages_total_and_the_goal(subjects, capsys, keep_tor
     for stage in ("qc", "load", "preprocess", "predict", "saliency", "roi importance", "total"):
         assert re.search(rf"^  {stage} +\d+ +\d+$", out, re.M), out
     assert re.search(r"^goal: warm total <= 2 s per subject: (met|missed) \(\d+\.\d\d s median\)$", out, re.M)
+
+
+@pytest.mark.parametrize(
+    ("args", "message"),
+    [
+        (["--t1", "t1.nii.gz"], "give both --t1 and --bold"),
+        (["--ckpt", "missing.pt"], "missing.pt: no such weights file"),
+    ],
+)
+def test_bench_infer_refuses_arguments_it_would_otherwise_ignore(args, message, capsys):
+    assert main(["bench", "infer", *args]) != 0
+    assert message in one_line_error(capsys)

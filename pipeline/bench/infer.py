@@ -17,6 +17,8 @@ from pathlib import Path
 
 import numpy as np
 
+from pipeline.commands import CommandError
+
 describe = (
     "clinical-style inference of the fused bundle on a full-resolution subject (1 mm T1, 140-volume BOLD): warm "
     "latency per stage and in total, bundle start-up apart (goal: at most 2 s on CPU)"
@@ -74,6 +76,10 @@ def run(args: argparse.Namespace) -> int:
     from pipeline.engine import bundle_root
     from pipeline.inference import InferenceBundle, Predictor, Subject
 
+    if bool(args.t1) != bool(args.bold):
+        raise CommandError("give both --t1 and --bold, or neither (a synthetic subject)")
+    if args.ckpt and not Path(args.ckpt).is_file():
+        raise CommandError(f"{args.ckpt}: no such weights file")
     if args.threads:
         torch.set_num_threads(args.threads)
     bundle_dir = Path(args.bundle or bundle_root("mri_fmri_fusion")).resolve()
@@ -87,7 +93,7 @@ def run(args: argparse.Namespace) -> int:
         started = time.perf_counter()
         predictor = Predictor(InferenceBundle(bundle_dir, weights))
         startup = time.perf_counter() - started
-        subject = Subject("sub-bench", t1, bold, args.tr)
+        subject = Subject("sub-bench", t1, bold, args.tr, "--tr")
         started = time.perf_counter()
         predictor.predict(subject, folder / "cold")
         cold = time.perf_counter() - started

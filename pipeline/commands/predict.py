@@ -14,14 +14,14 @@ _BIDS_NAME = re.compile(r"sub-[A-Za-z0-9]+(_ses-[A-Za-z0-9]+)?")
 
 def parse_overrides(pairs: list[str]) -> dict:
     """``KEY=VALUE`` bundle overrides (values read as YAML, keys as MONAI config ids such as ``qc#mri#voxel_mm``)."""
-    import yaml
+    from pipeline.io import load_yaml
 
     overrides = {}
     for pair in pairs:
         key, sep, value = pair.partition("=")
         if not sep or not key:
             raise CommandError(f"--set {pair!r}: expected KEY=VALUE (e.g. mri_pixdim=[2,2,2])")
-        overrides[key.strip()] = yaml.safe_load(value)
+        overrides[key.strip()] = load_yaml(value)
     return overrides
 
 
@@ -79,7 +79,9 @@ def cmd_predict(args: argparse.Namespace) -> int:
     if args.manifest:
         subjects = manifest_subjects(args.manifest, bundle.modalities)
     else:
-        subjects = [Subject(subject_name(args), _path(args.mri), _path(args.fmri), args.tr, _path(args.confounds))]
+        subjects = [
+            Subject(subject_name(args), _path(args.mri), _path(args.fmri), args.tr, "--tr", _path(args.confounds))
+        ]
     predictor = Predictor(bundle, allow_missing_fmri=args.allow_missing_fmri)
     records = predict_subjects(
         predictor, subjects, args.out, args.force, table=bool(args.manifest), progress=bool(args.manifest)

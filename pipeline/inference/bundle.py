@@ -99,7 +99,11 @@ class InferenceBundle:
         parser.read_config(str(self.config))
         parser.read_meta(str(self.root / "configs" / "metadata.json"))
         parser["bundle_root"] = str(self.root)
-        for key, value in {**self.overrides, **extra}.items():
+        for key, value in self.overrides.items():
+            if key not in parser:  # MONAI would add it silently: a typo must not run with the defaults
+                raise ValueError(f"--set {key}: {self.config} has no such key")
+            parser[key] = value
+        for key, value in extra.items():
             parser[key] = value
         return parser
 

@@ -21,7 +21,7 @@ elsewhere); ``python tools/saliency_methods.py --seeds 0 1 2`` reproduces them. 
 as close to the atrophy as Grad-CAM, at the voxel's resolution, gradients of either sign kept (atrophy is grey matter
 that is missing).
 
-fMRI ROI importance is occlusion over ROIs: each ROI's rows of the sequence are set to 0 (its mean after z-scoring)
+fMRI ROI importance is occlusion over ROIs: each ROI's rows of the sequence are set to 0 (:data:`OCCLUSION_FILL`)
 and the drop of the predicted class's log-probability is recorded.
 """
 
@@ -246,6 +246,13 @@ def _linear_weights(position: np.ndarray, size: int) -> torch.Tensor:
         inside = (index >= 0) & (index < size)
         weights[np.flatnonzero(inside), index[inside]] += weight[inside]
     return torch.from_numpy(weights)
+
+
+#: what setting an ROI's rows to 0 means, per sequence mode
+OCCLUSION_FILL = {
+    "roi": "the ROI's signal replaced by its mean (0 after z-scoring)",
+    "dfc": "the ROI's window correlations replaced by 0 (no correlation)",
+}
 
 
 def roi_rows(sequence: str, n_rois: int) -> torch.Tensor | None:

@@ -52,6 +52,7 @@ class Subject:
         mri: T1 NIfTI or DICOM series folder (None: none).
         fmri: 4D BOLD NIfTI (None: none).
         tr: TR in seconds (None: sidecar or header).
+        tr_source: where ``tr`` came from, for messages (``"--tr"`` or ``"the manifest"``).
         confounds: fMRIPrep-style confounds TSV regressed from the ROI series (None: none).
         subject_id: the manifest's subject id.
         session_id: the manifest's session id.
@@ -61,6 +62,7 @@ class Subject:
     mri: Path | None = None
     fmri: Path | None = None
     tr: float | str | None = None
+    tr_source: str = "the manifest"
     confounds: Path | None = None
     subject_id: str = ""
     session_id: str = ""
@@ -86,8 +88,8 @@ class Timer:
 def folder_sha256(folder: Path) -> str:
     """Hash of a folder's files (names and contents, in name order): the identity of a DICOM series."""
     digest = hashlib.sha256()
-    for path in sorted(p for p in folder.iterdir() if p.is_file()):
-        digest.update(path.name.encode() + b"\0" + bytes.fromhex(file_sha256(path)))
+    for path in sorted(p for p in folder.rglob("*") if p.is_file()):  # dcm2niix reads subfolders too
+        digest.update(path.relative_to(folder).as_posix().encode() + b"\0" + bytes.fromhex(file_sha256(path)))
     return digest.hexdigest()
 
 
@@ -178,7 +180,9 @@ class Predictor:
         """
         used, given = self.modalities(subject), subject.given()
         nifti = [m for m in used if not given[m].is_dir()]
-        findings = [f for m in nifti for f in header_checks(m, given[m], self.bundle.qc[m], subject.tr)]
+        findings = [
+            f for m in nifti for f in header_checks(m, given[m], self.bundle.qc[m], subject.tr, subject.tr_source)
+        ]
         raise_on_failure(findings, {m: str(p) for m, p in given.items()})
         return findings
 
@@ -197,7 +201,9 @@ class Predictor:
         with timer("convert"):
             paths = self._nifti_inputs(subject, folder)
         with timer("qc"):
-            findings = [f for m in used for f in header_checks(m, paths[m], self.bundle.qc[m], subject.tr)]
+            findings = [
+                f for m in used for f in header_checks(m, paths[m], self.bundle.qc[m], subject.tr, subject.tr_source)
+            ]
             raise_on_failure(findings, sources)
         chain = self.bundle.chain(used)
         item = self._item(subject, paths, used)
@@ -235,7 +241,7 @@ class Predictor:
     def _item(self, subject: Subject, paths: dict[str, Path], used: list[str]) -> dict:
         item = {self.bundle.keys[m]: str(paths[m]) for m in used}
         if "fmri" in used:
-            item["tr"] = resolve_tr(paths["fmri"], subject.tr)
+            item["tr"] = resolve_tr(paths["fmri"], subject.tr, subject.tr_source)
             item["confounds"] = str(subject.confounds or "")
         return item
 
@@ -313,7 +319,9 @@ class Predictor:
             "saliency_method": bundle.saliency_method if "mri" in used else None,
             "saliency_description": explain.SALIENCY_METHODS[bundle.saliency_method] if "mri" in used else None,
             "fmri_roi_importance": rois if isinstance(rois, list) else [],
-            "fmri_roi_importance_note": rois if isinstance(rois, str) else "occlusion: ROI signal set to its mean",
+            "fmri_roi_importance_note": rois
+            if isinstance(rois, str)
+            else f"occlusion: {explain.OCCLUSION_FILL[self.bundle.setting('fmri_sequence', 'roi')]}",
             "research_use_only": report.RESEARCH_ONLY,
             "neurofusion_version": pipeline.__version__,
             "created": datetime.now(timezone.utc).isoformat(timespec="seconds"),

@@ -130,7 +130,9 @@ def _refusal(modality: str, check: str, path: str | Path, err: ImageError) -> Fi
     return Finding(modality, check, FAIL, str(err).replace(f": {path}", "").replace(f" {path}", "").strip())
 
 
-def header_checks(modality: str, path: str | Path, limits: Mapping, tr: float | str | None = None) -> list[Finding]:
+def header_checks(
+    modality: str, path: str | Path, limits: Mapping, tr: float | str | None = None, tr_source: str = "the manifest"
+) -> list[Finding]:
     """Checks that need only the NIfTI header.
 
     The checks every input of the pipeline gets (exists, not empty, readable, dimensionality, plausible grid, not
@@ -142,6 +144,7 @@ def header_checks(modality: str, path: str | Path, limits: Mapping, tr: float | 
         path: the NIfTI file.
         limits: ``qc#<modality>`` thresholds (see :func:`thresholds_of`).
         tr: TR in seconds given by the user or the manifest (fMRI; None: sidecar or header).
+        tr_source: where ``tr`` came from, for messages (``"--tr"``, ``"the manifest"``).
     """
     try:
         header = check_header(path, modality)
@@ -155,7 +158,7 @@ def header_checks(modality: str, path: str | Path, limits: Mapping, tr: float | 
     findings.append(_orientation(modality, header, affine, limits))
     if modality == "fmri":
         findings += _volumes(shape[3], limits)
-        findings += _tr(path, header, tr, limits)
+        findings += _tr(path, header, tr, limits, tr_source)
     return findings
 
 
@@ -190,9 +193,9 @@ def _volumes(count: int, limits: Mapping) -> list[Finding]:
     return [Finding("fmri", "volumes", WARN if padded else PASS, str(count), limit)]
 
 
-def _tr(path, header, tr, limits: Mapping) -> list[Finding]:
+def _tr(path, header, tr, limits: Mapping, tr_source: str) -> list[Finding]:
     try:
-        seconds = resolve_tr(path, tr)
+        seconds = resolve_tr(path, tr, tr_source)
     except TRError as err:
         return [Finding("fmri", "TR", FAIL, str(err).removeprefix(f"{path}: "))]
     zooms, unit = header.get_zooms(), header.get_xyzt_units()[1]

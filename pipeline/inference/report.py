@@ -118,8 +118,9 @@ def _roi_section(record: dict) -> str:
     ]
     return (
         _table(["rank", "ROI", "importance", ""], cells)
-        + "<p>Importance: drop of the predicted class's log-probability when the ROI's signal is replaced by its "
-        "mean (occlusion); positive values support the prediction. All ROIs: <code>prediction.json</code>.</p>"
+        + "<p>Importance: drop of the predicted class's log-probability by occlusion, "
+        + _e(record["fmri_roi_importance_note"].removeprefix("occlusion: "))
+        + "; positive values support the prediction. All ROIs: <code>prediction.json</code>.</p>"
     )
 
 

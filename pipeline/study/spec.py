@@ -24,23 +24,13 @@ import yaml
 
 from pipeline.engine import REPO_BUNDLES
 from pipeline.engine.keys import bundle_key_problem
+from pipeline.io import load_yaml
 
 STUDY_KEYS = {"name", "description", "cohorts", "models", "augmentation", "cv", "overrides", "seeds"}
 COHORT_KEYS = {"manifest", "models", "overrides"}
 CV_KEYS = {"folds", "repeats", "seed", "val_fraction"}
 #: a cohort name becomes a folder of the run (``folds/<cohort>/``): a plain name, never a path
 COHORT_NAME = re.compile(r"[A-Za-z0-9][A-Za-z0-9_.-]*")
-
-
-class StudyLoader(yaml.SafeLoader):
-    """``yaml.SafeLoader`` that reads numbers as YAML 1.2 does: ``1e-3`` is a float (YAML 1.1 reads it as text)."""
-
-
-StudyLoader.add_implicit_resolver(
-    "tag:yaml.org,2002:float",
-    re.compile(r"^[-+]?(?:\d+\.?\d*|\.\d+)[eE][-+]?\d+$"),
-    list("-+0123456789."),
-)
 
 
 class StudyError(ValueError):
@@ -104,7 +94,7 @@ def load_study(path: str | Path, manifests: dict[str, str] | None = None) -> Stu
         raise StudyError(f"{path}: study file not found")
     text = path.read_text()
     try:
-        raw = yaml.load(text, Loader=StudyLoader)  # safe: builds no Python objects
+        raw = load_yaml(text)
     except yaml.YAMLError as err:
         raise StudyError(f"{path}: not valid YAML ({err})") from None
     if not isinstance(raw, dict):
