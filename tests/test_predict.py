@@ -537,6 +537,22 @@ def test_a_mistyped_set_key_is_refused_instead_of_running_with_the_default(train
     assert "--set saliency_methd: " in one_line_error(capsys) and not out.exists()
 
 
+@pytest.mark.parametrize(
+    ("setting", "message"),
+    [
+        ("qc#mri#voxel_mm=2", "qc#mri#voxel_mm must be a range [low, high] of two numbers, got 2"),
+        ("qc#mri#warn_voxel_mm=big", "qc#mri#warn_voxel_mm must be a number, got 'big'"),
+    ],
+)
+def test_a_qc_threshold_of_the_wrong_type_is_refused_naming_it(
+    trained_bundles, subjects, tmp_path, setting, message, capsys
+):
+    t1, _ = subject_files(subjects)
+    out = tmp_path / "out"
+    assert predict(trained_bundles["mri_cnn3d"], "--mri", str(t1), f"--set={setting}", "--out", str(out)) == 1
+    assert message in one_line_error(capsys) and not out.exists()
+
+
 def test_set_values_read_exponents_as_numbers():
     assert parse_overrides(["qc#mri#min_atlas_coverage=5e-1", "mri_pixdim=[2, 2, 2]"]) == {
         "qc#mri#min_atlas_coverage": 0.5,

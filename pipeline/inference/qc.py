@@ -11,9 +11,11 @@ from __future__ import annotations
 
 import functools
 import math
+import numbers
 from collections.abc import Mapping
 from dataclasses import asdict, dataclass
 from pathlib import Path
+from typing import Any
 
 import nibabel as nib
 import numpy as np
@@ -38,6 +40,8 @@ REQUIRED = {
         "tr_seconds",
     ),
 }
+_RANGES = {"voxel_mm", "fov_mm", "tr_seconds"}  # [low, high]
+_COUNTS = {"min_volumes", "warn_volumes"}
 _SENTENCES = ("file", "values")  # checks whose failures are pipeline.images messages ("mri file is truncated: ...")
 _ATLAS_STRIDE = 3  # every 3rd atlas voxel along each axis is enough to measure coverage (~55k AAL points)
 _PERCENTILE_STRIDE = 4
@@ -90,7 +94,25 @@ def thresholds_of(qc: Mapping, modality: str, config: str) -> dict:
     missing = [key for key in REQUIRED[modality] if key not in limits]
     if missing:
         raise ValueError(f"{config}: QC threshold qc#{modality}#{missing[0]} is missing")
+    for key in REQUIRED[modality]:
+        expected = _threshold_problem(key, limits[key])
+        if expected:
+            raise ValueError(f"{config}: QC threshold qc#{modality}#{key} must be {expected}, got {limits[key]!r}")
     return limits
+
+
+def _threshold_problem(key: str, value: Any) -> str | None:
+    """What a threshold must be, when ``value`` is not that (None: fine)."""
+
+    def number(v: Any) -> bool:
+        return isinstance(v, numbers.Real) and not isinstance(v, bool)
+
+    if key in _RANGES:
+        ok = isinstance(value, (list, tuple)) and len(value) == 2 and all(map(number, value)) and value[0] <= value[1]
+        return None if ok else "a range [low, high] of two numbers"
+    if key in _COUNTS:
+        return None if isinstance(value, numbers.Integral) and not isinstance(value, bool) else "an integer"
+    return None if number(value) else "a number"
 
 
 def raise_on_failure(findings: list[Finding], sources: Mapping[str, str]) -> None:
