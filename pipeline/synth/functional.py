@@ -30,23 +30,22 @@ from pipeline.synth.structural import bias_field
 NETWORKS = ("default", "visual", "somatomotor", "salience", "frontoparietal", "subcortical", "cerebellar")
 
 #: Region-name prefixes per network, matched in order (more specific prefixes first).
+_DMN_STEMS = (
+    "Precuneus",
+    "Cingulum_Post",
+    "Cingulum_Mid",
+    "Frontal_Sup_Medial",
+    "Frontal_Med_Orb",
+    "Angular",
+    "Hippocampus",
+    "ParaHippocampal",
+    "Temporal_Pole_Sup",
+    "Temporal_Pole_Mid",
+    "Temporal_Mid",
+    "Rectus",
+)
 _NETWORK_RULES: tuple[tuple[str, str], ...] = (
-    *(
-        (p, "default")
-        for p in (
-            "Precuneus",
-            "Cingulum_Post",
-            "Cingulum_Mid",
-            "Frontal_Sup_Medial",
-            "Frontal_Med_Orb",
-            "Angular",
-            "Hippocampus",
-            "ParaHippocampal",
-            "Temporal_Pole",
-            "Temporal_Mid",
-            "Rectus",
-        )
-    ),
+    *((p, "default") for p in _DMN_STEMS),
     *((p, "visual") for p in ("Calcarine", "Cuneus", "Lingual", "Occipital", "Fusiform")),
     *(
         (p, "somatomotor")
@@ -70,24 +69,7 @@ _NETWORK_RULES: tuple[tuple[str, str], ...] = (
 )
 
 #: AAL regions of the default-mode network (whose coupling weakens with disease).
-DMN_REGIONS: tuple[str, ...] = tuple(
-    f"{stem}_{hemi}"
-    for stem in (
-        "Precuneus",
-        "Cingulum_Post",
-        "Cingulum_Mid",
-        "Frontal_Sup_Medial",
-        "Frontal_Med_Orb",
-        "Angular",
-        "Hippocampus",
-        "ParaHippocampal",
-        "Temporal_Pole_Sup",
-        "Temporal_Pole_Mid",
-        "Temporal_Mid",
-        "Rectus",
-    )
-    for hemi in ("L", "R")
-)
+DMN_REGIONS: tuple[str, ...] = tuple(f"{stem}_{hemi}" for stem in _DMN_STEMS for hemi in ("L", "R"))
 _MEDIAL_TEMPORAL_DMN = ("Hippocampus", "ParaHippocampal")
 
 #: Correlations between network latent signals (others 0); kept small so the matrix is positive definite.
