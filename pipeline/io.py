@@ -68,3 +68,11 @@ def atomic_write_text(path: str | Path, text: str) -> None:
 def atomic_write_json(path: str | Path, payload: Any) -> None:
     """Write JSON (indented, keys in insertion order) to ``path`` atomically."""
     atomic_write_text(path, json.dumps(payload, indent=2, default=str) + "\n")
+
+
+def same_file(a: str | Path, b: str | Path) -> bool:
+    """``a`` and ``b`` are one file (resolved paths, hard or symbolic links included); False when ``a`` is absent."""
+    try:
+        return os.path.samefile(a, b)
+    except OSError:
+        return Path(a).resolve() == Path(b).resolve()

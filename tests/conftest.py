@@ -23,6 +23,20 @@ TINY_OVERRIDES = {
 }
 
 
+@pytest.fixture(scope="session", autouse=True)
+def registration_cache(tmp_path_factory) -> Path:
+    """One cache of T1 registrations for the session (the bundles read ``NEUROFUSION_REGISTRATION_CACHE``, and
+    subprocesses inherit it): each synthetic T1 is registered to MNI152 once, however many tests train on it."""
+    folder = tmp_path_factory.mktemp("registration")
+    previous = os.environ.get("NEUROFUSION_REGISTRATION_CACHE")
+    os.environ["NEUROFUSION_REGISTRATION_CACHE"] = str(folder)
+    yield folder
+    if previous is None:
+        os.environ.pop("NEUROFUSION_REGISTRATION_CACHE", None)
+    else:
+        os.environ["NEUROFUSION_REGISTRATION_CACHE"] = previous
+
+
 @pytest.fixture(scope="session")
 def tiny_cohort(tmp_path_factory) -> Path:
     """12 paired subjects (4 CN / 4 MCI / 4 AD) + 3 MRI-only, tiny profile; returns the cohort folder."""

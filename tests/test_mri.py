@@ -26,7 +26,7 @@ ALL_OFF = {name: {"prob": 0.0} for name in DEFAULT_MRI_AUGMENTATION}
 
 def preprocess(path, **kwargs):
     """The evaluation chain's output (a MetaTensor with its affine)."""
-    return mri_transforms(track_meta=True, **{**GRID, **kwargs})({"image": str(path)})["image"]
+    return mri_transforms(track_meta=True, registration="none", **{**GRID, **kwargs})({"image": str(path)})["image"]
 
 
 def flipped(image: nib.Nifti1Image, axes) -> nib.Nifti1Image:
@@ -115,7 +115,7 @@ def test_big_endian_real_anatomical_gives_the_same_array_as_a_native_endian_ras_
 
 def load_step() -> LoadImaged:
     """The chain's loader on its own (the checks around it refuse a 2-volume file as a T1)."""
-    return next(step for step in mri_steps()[0] if isinstance(step, LoadImaged))
+    return next(step for step in mri_steps(registration="none")[0] if isinstance(step, LoadImaged))
 
 
 def test_real_nifti2_loads_with_nibabels_values_and_affine():
@@ -179,7 +179,9 @@ def test_lazy_deterministic_chain_matches_the_eager_one(mni):
 
 
 def _augmented(path, lazy: bool, seed: int = 3):
-    chain = mri_transforms(train=True, augment=True, augmentation={**ALL_OFF, "affine": {"prob": 1.0}}, lazy=lazy)
+    chain = mri_transforms(
+        registration="none", train=True, augment=True, augmentation={**ALL_OFF, "affine": {"prob": 1.0}}, lazy=lazy
+    )
     chain.set_random_state(seed)
     return chain({"image": str(path)})["image"]
 
@@ -201,14 +203,18 @@ def test_crop_spacing_padding_and_affine_are_one_resample(mni, monkeypatch):
 
 
 def test_scan_already_on_the_target_grid_comes_back_compact_not_as_a_view_of_the_loaded_array(mni):
-    image = mri_transforms(spatial_size=(64, 72, 64), pixdim=(2.0, 2.0, 2.0))({"image": str(mni / "ras.nii.gz")})
+    image = mri_transforms(registration="none", spatial_size=(64, 72, 64), pixdim=(2.0, 2.0, 2.0))(
+        {"image": str(mni / "ras.nii.gz")}
+    )
     assert image["image"].untyped_storage().nbytes() == image["image"].numel() * 4
 
 
 def test_in_memory_cache_serves_the_preprocessed_scan_and_augments_it_anew_each_time(mni, tmp_path):
     path = tmp_path / "t1.nii.gz"
     shutil.copy(mni / "ras.nii.gz", path)
-    chain = mri_transforms(train=True, augment=True, augmentation={**ALL_OFF, "affine": {"prob": 1.0}}, **GRID)
+    chain = mri_transforms(
+        registration="none", train=True, augment=True, augmentation={**ALL_OFF, "affine": {"prob": 1.0}}, **GRID
+    )
     dataset = make_dataset([{"image": str(path)}], chain, cache_rate=1.0)
     assert isinstance(dataset, CacheDataset)
     path.unlink()  # from here on only the cache has the scan
@@ -219,7 +225,7 @@ def test_in_memory_cache_serves_the_preprocessed_scan_and_augments_it_anew_each_
 
 def test_disk_cache_gives_the_uncached_output(mni, tmp_path):
     data = [{"image": str(mni / "las.nii.gz")}]
-    chain = mri_transforms(**GRID)
+    chain = mri_transforms(registration="none", **GRID)
     first = make_dataset(data, chain, cache_dir=tmp_path)[0]["image"]
     assert len(list(tmp_path.glob("*.pt"))) == 1
     again = make_dataset(data, chain, cache_dir=tmp_path)[0]["image"]
@@ -232,40 +238,44 @@ ARTEFACTS = [name for name in DEFAULT_MRI_AUGMENTATION if name not in ("motion",
 
 @pytest.mark.parametrize("name", ARTEFACTS)
 def test_each_augmentation_changes_the_image_when_drawn(mni, name):
-    chain = mri_transforms(train=True, augment=True, augmentation={**ALL_OFF, name: {"prob": 1.0}}, **GRID)
+    chain = mri_transforms(
+        registration="none", train=True, augment=True, augmentation={**ALL_OFF, name: {"prob": 1.0}}, **GRID
+    )
     chain.set_random_state(0)
     augmented = chain({"image": str(mni / "ras.nii.gz")})["image"]
-    assert len(chain.transforms) == len(mri_steps()[0]) + 2
+    assert len(chain.transforms) == len(mri_steps(registration="none")[0]) + 2
     assert not torch.allclose(augmented, preprocess(mni / "ras.nii.gz").as_tensor(), atol=1e-3)
 
 
 def test_left_right_flip_is_off_by_default():
-    _, random = mri_steps(train=True, augment=True)
+    _, random = mri_steps(registration="none", train=True, augment=True)
     assert DEFAULT_MRI_AUGMENTATION["flip"]["prob"] == 0
     assert random and not any(isinstance(t, RandFlipd) for t in random)
 
 
 def test_augmentation_with_probability_zero_is_left_out():
-    _, random = mri_steps(train=True, augment=True, augmentation=ALL_OFF)
+    _, random = mri_steps(registration="none", train=True, augment=True, augmentation=ALL_OFF)
     assert random == []
 
 
 def test_unknown_augmentation_setting_names_the_transform():
     with pytest.raises(KeyError, match="'gibbs': unknown setting"):
-        mri_steps(train=True, augment=True, augmentation={"gibbs": {"strength": 1}})
+        mri_steps(registration="none", train=True, augment=True, augmentation={"gibbs": {"strength": 1}})
 
 
 @pytest.mark.skipif(HAS_TORCHIO, reason="TorchIO is installed")
 def test_motion_without_torchio_is_a_one_line_error_naming_the_extra():
     with pytest.raises(ImportError, match=r"'motion' needs TorchIO: pip install 'neurofusion\[torchio\]'"):
-        mri_steps(train=True, augment=True, augmentation={"motion": {"prob": 0.5}})
+        mri_steps(registration="none", train=True, augment=True, augmentation={"motion": {"prob": 0.5}})
 
 
 @pytest.mark.parametrize("name", ["motion", "ghosting"])
 def test_motion_and_ghosting_run_through_monais_torchio_bridge(mni, name):
     pytest.importorskip("torchio")
     torch.manual_seed(0)
-    chain = mri_transforms(train=True, augment=True, augmentation={**ALL_OFF, name: {"prob": 1.0}}, **GRID)
+    chain = mri_transforms(
+        registration="none", train=True, augment=True, augmentation={**ALL_OFF, name: {"prob": 1.0}}, **GRID
+    )
     augmented = chain({"image": str(mni / "ras.nii.gz")})["image"]
     assert augmented.shape == (1, *GRID["spatial_size"])
     assert not torch.allclose(augmented, preprocess(mni / "ras.nii.gz").as_tensor(), atol=1e-3)

@@ -1,4 +1,5 @@
-"""``neurofusion preprocess``: the written volume is what the model sees and overlays on the input in a viewer."""
+"""``neurofusion preprocess``: the written volume is what the model sees; without registration it overlays on the
+input in a viewer (the registered path: tests/test_registration.py)."""
 
 from __future__ import annotations
 
@@ -9,6 +10,7 @@ import pytest
 from pipeline.cli import main
 from pipeline.transforms import mri_transforms
 
+NONE = ["--registration", "none"]  # a phantom, not a brain: the scanner-space chain
 LANDMARK_MM = np.array([25.0, 10.0, 12.0])  # off the midline: a left-right mix-up moves it to x = -25
 
 
@@ -34,7 +36,7 @@ def oblique_lps_head(tmp_path_factory):
 
 def test_written_landmark_keeps_its_world_coordinate(oblique_lps_head, tmp_path):
     out = tmp_path / "pre.nii.gz"
-    assert main(["preprocess", "--mri", str(oblique_lps_head), "--out", str(out)]) == 0
+    assert main(["preprocess", "--mri", str(oblique_lps_head), "--out", str(out), *NONE]) == 0
     written = nib.load(out)
     data = written.get_fdata()
     bright = np.argwhere(data > 0.66)
@@ -45,14 +47,14 @@ def test_written_landmark_keeps_its_world_coordinate(oblique_lps_head, tmp_path)
 
 def test_written_volume_is_what_the_model_reads(oblique_lps_head, tmp_path):
     out = tmp_path / "pre.nii"
-    assert main(["preprocess", "--mri", str(oblique_lps_head), "--out", str(out)]) == 0
-    model_input = mri_transforms()({"image": str(oblique_lps_head)})["image"]
+    assert main(["preprocess", "--mri", str(oblique_lps_head), "--out", str(out), *NONE]) == 0
+    model_input = mri_transforms(registration="none")({"image": str(oblique_lps_head)})["image"]
     np.testing.assert_allclose(nib.load(out).get_fdata(), model_input[0].numpy(), atol=1e-6)
 
 
 def test_bundle_sets_the_grid_from_its_train_yaml(oblique_lps_head, tmp_path):
     out = tmp_path / "pre.nii.gz"
-    assert main(["preprocess", "--mri", str(oblique_lps_head), "--out", str(out), "--bundle", "mri_cnn3d"]) == 0
+    assert main(["preprocess", "--mri", str(oblique_lps_head), "--out", str(out), "--bundle", "mri_cnn3d", *NONE]) == 0
     written = nib.load(out)
     assert written.shape == (48, 56, 48)
     np.testing.assert_allclose(written.header.get_zooms(), (3.0, 3.0, 3.0))
@@ -61,7 +63,10 @@ def test_bundle_sets_the_grid_from_its_train_yaml(oblique_lps_head, tmp_path):
 def test_spatial_size_and_pixdim_options_override_the_bundle(oblique_lps_head, tmp_path):
     out = tmp_path / "pre.nii.gz"
     grid = ["--spatial-size", "20", "24", "20", "--pixdim", "6", "6", "6"]
-    assert main(["preprocess", "--mri", str(oblique_lps_head), "--out", str(out), "--bundle", "mri_cnn3d", *grid]) == 0
+    assert (
+        main(["preprocess", "--mri", str(oblique_lps_head), "--out", str(out), "--bundle", "mri_cnn3d", *grid, *NONE])
+        == 0
+    )
     written = nib.load(out)
     assert written.shape == (20, 24, 20)
     np.testing.assert_allclose(written.header.get_zooms(), (6.0, 6.0, 6.0))

@@ -28,16 +28,19 @@ from pipeline.inference.bundle import InferenceBundle, file_sha256
 from pipeline.inference.dicom import dicom_series_to_nifti
 from pipeline.inference.qc import (
     FAIL,
+    REGISTRATION_CHECK,
     Finding,
     QCError,
     data_checks,
     header_checks,
     raise_on_failure,
+    registration_finding,
     warnings_of,
 )
 from pipeline.io import atomic_path, atomic_write_json, atomic_write_text
 from pipeline.transforms.checks import CheckImageFiled, CheckImageValuesd
 from pipeline.transforms.fmri import resolve_tr
+from pipeline.transforms.registration import SIMILARITY, RegistrationError, subject_affine
 
 CONVERTED_MRI = "mri_from_dicom.nii.gz"
 MISSING_FMRI = "fMRI missing: MRI-only prediction of the fused model (--allow-missing-fmri)"
@@ -213,7 +216,8 @@ class Predictor:
             findings += self._data_checks(loaded, used, sources)
             raise_on_failure(findings, sources)
         with timer("preprocess"):
-            with_meta, model_input = _finish(chain, loaded)
+            with_meta, model_input = self._preprocess(chain, loaded, sources)
+        findings += self._registration_checks(with_meta, used)
         with timer("predict"):
             probabilities = self._probabilities(model_input, used)
         predicted = int(np.argmax(probabilities))
@@ -254,6 +258,23 @@ class Predictor:
             findings += data_checks(m, array, image.affine.numpy(), self.bundle.qc[m], atlas, sources[m])
         return findings
 
+    def _preprocess(self, chain: Compose, loaded: dict, sources: dict[str, str]) -> tuple[dict, dict]:
+        """:func:`_finish`, a T1 that cannot be registered refused as QC refuses."""
+        try:
+            return _finish(chain, loaded)
+        except Exception as err:
+            failure = RegistrationError.within(err)
+            if failure is None:
+                raise
+            limit = "qc#mri#min_registration_similarity / mri_registration_min_similarity"
+            raise QCError(f"{sources['mri']}: refused by QC: {failure.reason} ({limit})") from None
+
+    def _registration_checks(self, with_meta: dict, used: list[str]) -> list[Finding]:
+        if "mri" not in used:
+            return []
+        similarity = with_meta[self.bundle.keys["mri"]].meta.get(SIMILARITY)
+        return [] if similarity is None else [registration_finding(float(similarity), self.bundle.qc["mri"])]
+
     def _probabilities(self, model_input: dict, used: list[str]) -> np.ndarray:
         """The bundle's prepare_batch, inferer and post-processing, as its evaluator applies them."""
         bundle, batch = self.bundle, list_data_collate([model_input])
@@ -276,7 +297,8 @@ class Predictor:
         grid = explain.mri_saliency(self.bundle.network, image, predicted, series, method)
         mri = loaded[key]  # the chain's transforms returned new tensors: this is the scan as read
         affine = mri.affine.numpy()
-        return explain.to_input_space(grid, with_meta[key].affine, affine, mri.shape[1:]), mri.numpy()[0], affine
+        model_affine = subject_affine(with_meta[key])  # a registered grid lies in template space: back to the T1's
+        return explain.to_input_space(grid, model_affine, affine, mri.shape[1:]), mri.numpy()[0], affine
 
     def _roi_importance(self, model_input: dict, used: list[str], predicted: int) -> list[dict] | str:
         """ROI importance sorted from the most supportive ROI, or why there is none."""
@@ -315,6 +337,7 @@ class Predictor:
             },
             "inputs": self._inputs(subject, item.get("tr")),
             "qc": {"passed": all(f.status != FAIL for f in findings), "findings": [f.as_dict() for f in findings]},
+            "registration": self._registration(findings, used),
             "saliency": "saliency.nii.gz" if "mri" in used else None,
             "saliency_method": bundle.saliency_method if "mri" in used else None,
             "saliency_description": explain.SALIENCY_METHODS[bundle.saliency_method] if "mri" in used else None,
@@ -326,6 +349,15 @@ class Predictor:
             "neurofusion_version": pipeline.__version__,
             "created": datetime.now(timezone.utc).isoformat(timespec="seconds"),
         }
+
+    def _registration(self, findings: list[Finding], used: list[str]) -> dict | None:
+        """How the T1 reached the model grid: the method, the template and the similarity to it."""
+        if "mri" not in used:
+            return None
+        method = self.bundle.setting("mri_registration", "none")
+        similarity = next((f.value for f in findings if f.check == REGISTRATION_CHECK), None)
+        template = "MNI152 2009 (nilearn), ANTs affine after N4" if method == "affine" else None
+        return {"method": method, "template": template, "similarity": float(similarity) if similarity else None}
 
     @staticmethod
     def _inputs(subject: Subject, tr: float | None) -> dict:

@@ -288,6 +288,22 @@ def data_checks(
     return findings
 
 
+#: the check name of :func:`registration_finding`
+REGISTRATION_CHECK = "registration similarity"
+
+
+def registration_finding(similarity: float, limits: Mapping) -> Finding:
+    """The T1's similarity to the MNI152 template after registration (correlation inside its brain mask).
+
+    A similarity below ``min_registration_similarity`` never gets here: the chain refuses the scan. Below
+    ``warn_registration_similarity`` (optional key) the prediction carries a warning.
+    """
+    warn = limits.get("warn_registration_similarity")
+    status = WARN if warn is not None and similarity < warn else PASS
+    limit = f"warns below {warn:.2f}, qc#mri#warn_registration_similarity" if warn is not None else ""
+    return Finding("mri", REGISTRATION_CHECK, status, f"{similarity:.3f}", limit)
+
+
 def _temporal(run: np.ndarray, index: np.ndarray) -> Finding:
     series = run[tuple(index.T)]  # [points, T]
     changing = float(np.mean(series.max(axis=1) > series.min(axis=1))) if len(series) else 0.0

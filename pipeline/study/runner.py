@@ -7,19 +7,25 @@ Layout of a run folder::
     RUN/folds/<cohort>/folds.csv           subject -> (repeat, fold)
     RUN/folds/<cohort>/repeat-R_fold-F/manifest.csv          the fold's manifest (split column)
     RUN/folds/<cohort>/repeat-R_fold-F/<model>_aug-<on|off>_seed-S/   one job: ckpt/, eval/, log.txt, done.json
+    RUN/baselines.csv, RUN/folds/<cohort>/repeat-R_fold-F/<baseline-mri|ceiling-fused>/, RUN/cache/baselines/
+                                           scikit-learn baselines and ceilings (study key ``baselines``):
+                                           :mod:`pipeline.study.baselines`
     RUN/results.csv, RUN/predictions.csv, RUN/summary.csv, RUN/comparisons.csv, RUN/report.md, RUN/report.html,
     RUN/figures/*.png                      written by :func:`pipeline.study.report.render`
 
 A job is finished when its ``done.json`` exists (written last, atomically); re-running skips finished jobs and
-redoes unfinished ones from scratch, so a killed job is never half-counted.
+redoes unfinished ones from scratch, so a killed job is never half-counted. The reference jobs (baselines, ceilings)
+follow the deep jobs, in the whole study's run or in shard 0's.
 """
 
 from __future__ import annotations
 
 import json
+import os
 import shutil
 import subprocess
 import time
+from collections.abc import Callable
 from dataclasses import asdict, dataclass
 from pathlib import Path
 
@@ -32,7 +38,7 @@ from pipeline.engine.workflow import run_bundle
 from pipeline.io import atomic_write_json, atomic_write_text
 from pipeline.manifest import assign_folds, check_no_leakage, fold_manifest, load_manifest, manifest_sha256
 from pipeline.study.spec import Study
-from pipeline.study.stats import labels_and_probabilities
+from pipeline.study.stats import is_collapsed, labels_and_probabilities
 
 JOB_COLUMNS = ["cohort", "model", "augment", "repeat", "fold", "seed"]
 
@@ -156,7 +162,7 @@ def _git(*args: str) -> str | None:
     return result.stdout.strip() if result.returncode == 0 else None
 
 
-def _git_state() -> dict:
+def git_state() -> dict:
     """``git_commit`` (HEAD) and ``git_dirty`` (tracked files modified since it; unknown outside a checkout)."""
     status = _git("status", "--porcelain", "--untracked-files=no")
     return {
@@ -175,7 +181,7 @@ def _provenance(study: Study, cohort_manifest: Path, bundle_dir: Path) -> dict:
         "neurofusion_version": pipeline.__version__,
         "monai_version": monai.__version__,
         "torch_version": torch.__version__,
-        **_git_state(),
+        **git_state(),
         "manifest_sha256": manifest_sha256(cohort_manifest),
     }
 
@@ -187,11 +193,16 @@ def run_job(study: Study, job: Job, out: Path) -> dict:
     starts again.
     """
     job_dir = out / job.job_dir
+    return in_fresh_folder(job_dir, lambda: _train_and_test(study, job, out, job_dir))
+
+
+def in_fresh_folder(job_dir: Path, work: Callable[[], dict]) -> dict:
+    """Run a job's ``work`` in an emptied ``job_dir``; a failure removes the folder, so nothing half-done stays."""
     if job_dir.exists():
         shutil.rmtree(job_dir)  # an unfinished earlier attempt: start it again
     job_dir.mkdir(parents=True)
     try:
-        return _train_and_test(study, job, out, job_dir)
+        return work()
     except BaseException:
         shutil.rmtree(job_dir, ignore_errors=True)
         raise
@@ -209,6 +220,7 @@ def _train_and_test(study: Study, job: Job, out: Path, job_dir: Path) -> dict:
         "augment": job.augment,
         "seed": job.seed,
         "cache_dir": str(out / "cache" / Path(job.model).name),
+        "registration_cache_dir": str(registration_cache(out)),
     }
     started = time.perf_counter()
     run_bundle(bundle_dir, ["train.yaml"], "train", log_file=job_dir / "log.txt", **overrides)
@@ -245,9 +257,29 @@ def _job_tables(out: Path, name: str, **read_csv) -> pd.DataFrame:
 
 
 def collect(out: Path) -> tuple[pd.DataFrame, pd.DataFrame]:
-    """Results of every finished job (one row each) and their pooled per-subject test predictions."""
+    """Results of every finished job (one row each) and their pooled per-subject test predictions.
+
+    Deep and reference jobs alike: ``kind`` says which (``model``, ``baseline`` or ``ceiling``), ``collapsed``
+    whether the job answered one class for every test subject of a fold holding several
+    (:func:`~pipeline.study.stats.is_collapsed`).
+    """
+    from pipeline.study.baselines import model_kind
+
     results = pd.DataFrame([row for _, row in _finished(out)])
-    return results, _job_tables(out, "predictions.csv", dtype={"session_id": str})
+    predictions = _job_tables(out, "predictions.csv", dtype={"session_id": str})
+    if results.empty:
+        return results, predictions
+    flags = pd.DataFrame(
+        [
+            {**dict(zip(JOB_COLUMNS, key)), "collapsed": is_collapsed(part)}
+            for key, part in predictions.groupby(JOB_COLUMNS, sort=False)
+        ],
+        columns=[*JOB_COLUMNS, "collapsed"],
+    )
+    results = results.drop(columns=["kind", "collapsed"], errors="ignore").merge(flags, on=JOB_COLUMNS, how="left")
+    results["collapsed"] = results["collapsed"].astype("boolean").fillna(False).astype(bool)
+    results.insert(1, "kind", results["model"].map(model_kind))
+    return results, predictions
 
 
 def cohort_subjects(out: Path) -> pd.DataFrame:
@@ -264,15 +296,67 @@ def training_logs(out: Path) -> pd.DataFrame:
     return _job_tables(out, "training_log.csv")
 
 
-def run_study(study: Study, out: str | Path, shard: str | None = None, progress: bool = True) -> list[Job]:
+def registration_cache(out: Path) -> Path:
+    """The run's registration cache, shared by every fold job and model: each T1 is registered once."""
+    return Path(out) / "cache" / "registration"
+
+
+def registration_settings(study: Study, cohort, model: str) -> dict | None:
+    """The registration settings a job of ``model`` on ``cohort`` uses (its bundle's keys under the study's and
+    cohort's overrides), or None when the model reads no T1 or does not register it."""
+    from monai.bundle import ConfigParser
+
+    bundle_dir = study.bundle_dir(model)
+    if "MR" not in bundle_modalities(bundle_dir).split("+"):
+        return None
+    parser = ConfigParser()
+    parser.read_config(str(bundle_dir / "configs" / "train.yaml"))
+    parser.update({**study.overrides, **cohort.overrides})
+    if "mri_registration" not in parser or parser.get_parsed_content("mri_registration") != "affine":
+        return None
+    return {"level_mm": float(parser.get_parsed_content("mri_registration_mm"))}
+
+
+def register_subjects(study: Study, out: Path, workers: int, progress: bool = True) -> None:
+    """Register every T1 the study's models read into :func:`registration_cache`, ``workers`` processes at once,
+    before the fold jobs run (they then read each registration from the cache)."""
+    from pipeline.transforms.registration import register_files
+
+    todo: dict[tuple, list[str]] = {}
+    for cohort in study.cohorts:
+        paths = [p for p in load_manifest(cohort.manifest).get("mri", []) if p]
+        for model in cohort.models:
+            settings = registration_settings(study, cohort, model)
+            if settings is not None:
+                todo.setdefault(tuple(sorted(settings.items())), []).extend(paths)
+    for settings, paths in todo.items():
+        paths = list(dict.fromkeys(paths))
+        with tqdm(total=len(paths), desc="registering T1s to MNI152", unit="T1", disable=not progress) as bar:
+            register_files(paths, dict(settings), registration_cache(out), workers, progress=bar.update)
+
+
+def default_workers() -> int:
+    """Processes a study may run at once: the cores this process may use."""
+    return len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count() or 1
+
+
+def run_study(
+    study: Study, out: str | Path, shard: str | None = None, progress: bool = True, workers: int | None = None
+) -> list[Job]:
     """Run this shard's unfinished jobs of ``study`` into ``out``; returns the jobs still missing overall.
+
+    The reference jobs (:mod:`pipeline.study.baselines`) run after the deep jobs, all in one shard (the first), so
+    their features are computed once.
 
     Args:
         study: parsed study.
         out: run folder (created; an existing one is resumed).
         shard: ``"i/n"`` to run only every n-th job starting at i (cluster array jobs).
         progress: show a progress bar with ETA over jobs.
+        workers: processes registering T1s before the jobs (default: :func:`default_workers`).
     """
+    from pipeline.study import baselines
+
     out = Path(out)
     index, count = parse_shard(shard)
     tables = fold_tables(study)  # a cohort that cannot be used is refused before the run folder exists
@@ -281,10 +365,14 @@ def run_study(study: Study, out: str | Path, shard: str | None = None, progress:
     try:
         atomic_write_text(out / "study.yaml", study.text)
         jobs = write_plan(study, out)
+        references = baselines.write_references(study, out)
         prepare_folds(study, out, tables)
+        register_subjects(study, out, workers or default_workers(), progress)
         mine = [job for job in shard_jobs(jobs, index, count) if not (out / job.job_dir / "done.json").exists()]
         for job in tqdm(mine, desc=f"{study.name} fold jobs", unit="job", disable=not progress):
             run_job(study, job, out)
+        if index == 0:
+            baselines.run_references(study, out, references, progress)
     except Exception:
         if fresh and not _finished(out):  # nothing of value: leave no partial run folder behind
             shutil.rmtree(out, ignore_errors=True)
@@ -292,8 +380,16 @@ def run_study(study: Study, out: str | Path, shard: str | None = None, progress:
     return missing_jobs(out)
 
 
-def missing_jobs(out: Path) -> list[Job]:
-    """Planned jobs of a run folder without a ``done.json``."""
+def planned_jobs(out: Path) -> list[Job]:
+    """Every planned job of a run folder: the deep jobs of ``plan.csv``, then the reference jobs of
+    ``baselines.csv`` (:func:`pipeline.study.baselines.load_references`)."""
+    from pipeline.study.baselines import load_references
+
     plan = pd.read_csv(Path(out) / "plan.csv")[JOB_COLUMNS]
     jobs = [Job(**{k: (bool(v) if k == "augment" else v) for k, v in row.items()}) for row in plan.to_dict("records")]
-    return [job for job in jobs if not (Path(out) / job.job_dir / "done.json").exists()]
+    return jobs + load_references(out)
+
+
+def missing_jobs(out: Path) -> list[Job]:
+    """Planned jobs of a run folder (deep and reference) without a ``done.json``."""
+    return [job for job in planned_jobs(out) if not (Path(out) / job.job_dir / "done.json").exists()]

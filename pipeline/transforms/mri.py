@@ -1,10 +1,13 @@
 """The structural MRI chain: one function, used by training, evaluation, inference, preprocess and the study runner.
 
-Geometry is resampled once. The steps that need voxel values (percentile scaling, the head's bounding box) run on
-the scan as loaded; the spatial steps after them (foreground crop, world-aligned RAS grid at ``pixdim``, pad/crop
-to ``spatial_size``, and in training the random affine and flip) are MONAI lazy transforms, so they accumulate as
-one matrix and the scan is interpolated once. With a cache, the deterministic part is resampled once per subject
-and stored; the random affine then resamples the cached grid each epoch.
+By default a T1 is spatially normalised first: N4 bias correction and an ANTs affine registration to the MNI152
+template, then one resample onto the model grid cut from template space
+(:mod:`pipeline.transforms.registration`). With ``registration="none"`` (scans already in MNI space) geometry is
+also resampled once: the steps that need voxel values (percentile scaling, the head's bounding box) run on the scan
+as loaded; the spatial steps after them (foreground crop, world-aligned RAS grid at ``pixdim``, pad/crop to
+``spatial_size``) are MONAI lazy transforms, so they accumulate as one matrix and the scan is interpolated once.
+In training the random affine and flip are lazy too. With a cache, the deterministic part is resampled once per
+subject and stored; the random affine then resamples the cached grid each epoch.
 """
 
 from __future__ import annotations
@@ -34,6 +37,7 @@ from monai.transforms import (
 from monai.utils import optional_import
 
 from pipeline.transforms.checks import CheckImageFiled, CheckImageValuesd
+from pipeline.transforms.registration import REGISTRATION_MODES, RegisterToTemplated
 from pipeline.transforms.settings import merge_settings
 
 _, HAS_TORCHIO = optional_import("torchio")
@@ -132,8 +136,16 @@ def mri_steps(
     augment: bool = False,
     augmentation: Mapping[str, Mapping] | None = None,
     lazy: bool = True,
+    registration: str = "affine",
+    registration_options: Mapping | None = None,
 ) -> tuple[list, list]:
     """The MRI chain as (deterministic steps, random steps).
+
+    With ``registration="affine"`` (the default) a loaded T1 is bias-corrected (N4) and affinely registered to the
+    MNI152 template with ANTs, resampled once onto the model grid cut from template space (``spatial_size`` voxels
+    of ``pixdim`` mm centred on the template's brain; :mod:`pipeline.transforms.registration`), and its 0.5th-99.5th
+    intensity percentiles on that grid are mapped to [0, 1]. ``registration="none"`` is for scans already in MNI
+    space (fMRIPrep, ClinicaDL outputs) and keeps the chain of scanner-space grids described next.
 
     Load a T1 (any orientation, datatype, byte order, NIfTI-1/2, ``scl_slope``/``scl_inter`` applied, a 4D file's
     single volume as the channel; a file that is not a T1, is truncated or claims an absurd grid is refused from its
@@ -154,14 +166,29 @@ def mri_steps(
         augment: train-only augmentation on.
         augmentation: per-transform settings overriding :data:`DEFAULT_MRI_AUGMENTATION`.
         lazy: defer the spatial steps into one resample (False: each step resamples on its own, MONAI's eager mode).
+        registration: ``"affine"`` (spatial normalisation to MNI152) or ``"none"``.
+        registration_options: arguments of :class:`~pipeline.transforms.registration.RegisterToTemplate`
+            (``level_mm``, ``bias_correction``, ``brain_mask``, ``min_similarity``, ``cache_dir``).
     """
+    if registration not in REGISTRATION_MODES:
+        raise ValueError(f"mri_registration must be one of {list(REGISTRATION_MODES)}, got {registration!r}")
     settings = merge_settings(DEFAULT_MRI_AUGMENTATION, augmentation, "MRI")
-    source = keys if isinstance(keys, str) else keys[0]
-    deterministic = [
+    loading = [
         CheckImageFiled(keys=keys, kind="mri"),
         LoadImaged(keys=keys, image_only=True, ensure_channel_first=True, dtype=np.float32),
         CheckImageValuesd(keys=keys, kind="mri"),
-        ScaleIntensityRangePercentilesd(keys=keys, lower=0.5, upper=99.5, b_min=0.0, b_max=1.0, clip=True),
+    ]
+    scaling = ScaleIntensityRangePercentilesd(keys=keys, lower=0.5, upper=99.5, b_min=0.0, b_max=1.0, clip=True)
+    random = mri_augmentations(keys, settings, lazy) if train and augment else []
+    if registration == "affine":
+        register = RegisterToTemplated(
+            keys=keys, spatial_size=spatial_size, pixdim=pixdim, **dict(registration_options or {})
+        )
+        return [*loading, register, scaling], random
+    source = keys if isinstance(keys, str) else keys[0]
+    deterministic = [
+        *loading,
+        scaling,
         CropForegroundd(
             keys=keys,
             source_key=source,
@@ -183,7 +210,7 @@ def mri_steps(
         ),
         ResizeWithPadOrCropd(keys=keys, spatial_size=tuple(spatial_size), lazy=lazy),
     ]
-    return deterministic, (mri_augmentations(keys, settings, lazy) if train and augment else [])
+    return deterministic, random
 
 
 def mri_transforms(keys: str | Sequence[str] = "image", track_meta: bool = False, **kwargs) -> Compose:
