@@ -1,12 +1,14 @@
 """Aggregate the finished jobs of a study run: per-model summary with intervals, paired comparisons, chance levels.
 
 The statistics themselves live in :mod:`pipeline.study.stats`; this module decides what is summarised and what is
-compared with what. Comparisons are planned from ``RUN/plan.csv`` (so a comparison whose jobs have not finished is
-listed as skipped, not silently dropped) and paired by (repeat, fold, seed).
+compared with what. Comparisons are planned from ``RUN/plan.csv`` and ``RUN/baselines.csv`` (so a comparison whose
+jobs have not finished is listed as skipped, not silently dropped) and paired by (repeat, fold, seed); a deep model
+and its baseline (one per split) are paired by (repeat, fold), the model's seeds averaged.
 """
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from dataclasses import dataclass
 
 import numpy as np
@@ -14,6 +16,7 @@ import pandas as pd
 
 from pipeline import CLASS_NAMES
 from pipeline.engine.metrics import METRICS, classification_metrics
+from pipeline.study.baselines import model_kind, reference_inputs
 from pipeline.study.stats import (
     PAIR,
     SPLIT,
@@ -42,6 +45,9 @@ def _select(frame: pd.DataFrame, cohort: str, model: str, augment: bool) -> pd.D
 def summarise(results: pd.DataFrame, predictions: pd.DataFrame, n_resamples: int = 1000, seed: int = 0) -> pd.DataFrame:
     """Means, intervals and stability of every metric, one row per cohort x model x augmentation.
 
+    ``kind`` (``model``, ``baseline``, ``ceiling``) tells deep models from the reference models; ``n_collapsed``
+    counts the jobs that answered one class for every test subject (results column ``collapsed``).
+
     Columns per metric: ``_mean``, ``_sd`` (over jobs), ``_ci_low``/``_ci_high`` (t interval over splits, seeds
     averaged per split), ``_pooled`` (the metric of all pooled out-of-fold predictions), ``_boot_low``/``_boot_high``
     (subject bootstrap of the pooled predictions) and ``_sd_folds``/``_sd_seeds`` (see :func:`stability`).
@@ -55,9 +61,8 @@ def summarise(results: pd.DataFrame, predictions: pd.DataFrame, n_resamples: int
     rows = []
     for (cohort, model, augment), group in results.groupby(GROUP, sort=False):
         pooled = _select(predictions, cohort, model, bool(augment))
-        rows.append(
-            {"cohort": cohort, "model": model, "augment": bool(augment), **_summary(group, pooled, n_resamples, seed)}
-        )
+        key = {"cohort": cohort, "model": model, "kind": model_kind(model), "augment": bool(augment)}
+        rows.append({**key, **_summary(group, pooled, n_resamples, seed)})
     return pd.DataFrame(rows)
 
 
@@ -68,6 +73,7 @@ def _summary(group: pd.DataFrame, pooled: pd.DataFrame, n_resamples: int, seed: 
         "n_splits": len(splits),
         "n_seeds": group["seed"].nunique(),
         "n_subjects": pooled["subject_id"].nunique(),
+        "n_collapsed": int(group["collapsed"].sum()) if "collapsed" in group else 0,
     }
     point = classification_metrics(*labels_and_probabilities(pooled))
     boot = bootstrap_interval(pooled, n_resamples, seed=seed)
@@ -104,12 +110,13 @@ def chance_table(subjects: pd.DataFrame) -> pd.DataFrame:
 
 @dataclass(frozen=True)
 class Comparison:
-    """``a`` minus ``b`` within one cohort; each side is (model, augment)."""
+    """``a`` minus ``b`` within one cohort; each side is (model, augment), paired by the columns ``pair``."""
 
     cohort: str
-    kind: str  # "fusion_vs_single" or "augmentation"
+    kind: str  # "fusion_vs_single", "augmentation" or "vs_baseline"
     a: tuple[str, bool]
     b: tuple[str, bool]
+    pair: tuple[str, ...] = tuple(PAIR)
 
     @property
     def label(self) -> str:
@@ -123,9 +130,16 @@ def is_fused(modalities: str) -> bool:
     return "+" in str(modalities)
 
 
-def plan_comparisons(plan: pd.DataFrame) -> list[Comparison]:
-    """Within each cohort: every fused model vs every single-modality model at the same augmentation setting, and
-    augmentation on vs off for every model; only comparisons the study's design makes possible."""
+def plan_comparisons(plan: pd.DataFrame, references: Sequence = ()) -> list[Comparison]:
+    """Within each cohort: every fused model vs every single-modality model at the same augmentation setting,
+    augmentation on vs off for every model, and every model (each setting) vs the baseline of its inputs; only
+    comparisons the study's design makes possible.
+
+    Args:
+        plan: ``RUN/plan.csv``.
+        references: the planned reference jobs (:func:`pipeline.study.baselines.load_references`).
+    """
+    baselines = {(j.cohort, j.model) for j in references if model_kind(j.model) == "baseline"}
     comparisons = []
     for cohort, part in plan.groupby("cohort", sort=False):
         modalities = dict(zip(part["model"], part["modalities"]))
@@ -137,14 +151,23 @@ def plan_comparisons(plan: pd.DataFrame) -> list[Comparison]:
         ]
         if settings == [False, True]:
             comparisons += [Comparison(cohort, "augmentation", (m, True), (m, False)) for m in modalities]
+        comparisons += [
+            Comparison(cohort, "vs_baseline", (m, a), (baseline, False), tuple(SPLIT))
+            for m, mod in modalities.items()
+            for a in settings
+            if (cohort, baseline := f"baseline:{reference_inputs(mod)}") in baselines
+        ]
     return comparisons
 
 
 def _paired_splits(results: pd.DataFrame, comparison: Comparison) -> pd.DataFrame:
-    """Per split: both sides' metrics (seeds averaged after pairing by seed) and the split's test/train ratio."""
+    """Per split: both sides' metrics (seeds averaged after pairing, by seed unless ``comparison.pair`` leaves it out)
+    and the split's test/train ratio."""
     columns = [*METRICS, "n_test", "n_train", "n_val"]
+    pair = list(comparison.pair)
     sides = [
-        _select(results, comparison.cohort, *side).set_index(PAIR)[columns] for side in (comparison.a, comparison.b)
+        _select(results, comparison.cohort, *side).groupby(pair)[columns].mean()
+        for side in (comparison.a, comparison.b)
     ]
     joined = sides[0].merge(
         sides[1][list(METRICS)], how="inner", left_index=True, right_index=True, suffixes=("_a", "_b")
@@ -153,14 +176,16 @@ def _paired_splits(results: pd.DataFrame, comparison: Comparison) -> pd.DataFram
     return joined.groupby(SPLIT).mean()
 
 
-def compare(results: pd.DataFrame, plan: pd.DataFrame) -> pd.DataFrame:
+def compare(results: pd.DataFrame, plan: pd.DataFrame, references: Sequence = ()) -> pd.DataFrame:
     """Corrected resampled t-tests of every planned comparison and metric (``a - b``, one difference per split).
+
+    ``references`` are the planned reference jobs (:func:`plan_comparisons`).
 
     A comparison with fewer than two paired splits among the finished jobs is kept with NaN statistics and a
     ``note`` saying why.
     """
     rows = []
-    for comparison in plan_comparisons(plan):
+    for comparison in plan_comparisons(plan, references):
         splits = _paired_splits(results, comparison)
         ratio = float(splits["test_train_ratio"].mean()) if len(splits) else np.nan
         for metric in METRICS:
@@ -187,6 +212,36 @@ def compare(results: pd.DataFrame, plan: pd.DataFrame) -> pd.DataFrame:
                 }
             )
     return pd.DataFrame(rows, columns=list(COMPARISON_COLUMNS))
+
+
+def ceiling_share(summary: pd.DataFrame, plan: pd.DataFrame, chance: pd.DataFrame) -> pd.DataFrame:
+    """``summary`` with each row's ``baseline`` and ``ceiling`` (the reference models of its inputs, where they ran)
+    and ``share_of_ceiling``: the share of the recoverable signal it recovered, (BA - chance) / (ceiling BA - chance).
+
+    BA is the mean balanced accuracy over jobs and chance the cohort's (1 / number of classes). The share is NaN
+    without a ceiling, for the ceiling itself, and where the ceiling is not above chance (nothing to recover).
+
+    Args:
+        summary: :func:`summarise` of a run.
+        plan: ``RUN/plan.csv`` (the deep models' modalities).
+        chance: :func:`chance_table` of the run's cohorts.
+    """
+    modalities = dict(zip(plan["model"], plan["modalities"]))
+    scores = {(r.cohort, r.model): getattr(r, f"{PRIMARY}_mean") for r in summary.itertuples() if r.kind != "model"}
+    rows = []
+    for r in summary.itertuples():
+        inputs = r.model.split(":", 1)[1] if r.kind != "model" else reference_inputs(modalities.get(r.model, ""))
+        baseline, ceiling = (f"{kind}:{inputs}" for kind in ("baseline", "ceiling"))
+        level, top = chance.loc[r.cohort, PRIMARY], scores.get((r.cohort, ceiling), np.nan)
+        recoverable = r.kind != "ceiling" and np.isfinite(top) and top > level
+        rows.append(
+            {
+                "baseline": baseline if (r.cohort, baseline) in scores and r.kind == "model" else "",
+                "ceiling": ceiling if (r.cohort, ceiling) in scores and r.kind != "ceiling" else "",
+                "share_of_ceiling": (getattr(r, f"{PRIMARY}_mean") - level) / (top - level) if recoverable else np.nan,
+            }
+        )
+    return pd.concat([summary.reset_index(drop=True), pd.DataFrame(rows, index=range(len(rows)))], axis=1)
 
 
 QUESTIONS = (

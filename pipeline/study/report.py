@@ -2,7 +2,9 @@
 
 Both reports carry the same content, built once as a list of blocks: ``report.md`` links the figures written to
 ``RUN/figures/*.png``, ``report.html`` embeds the same PNGs (base64) so it is one self-contained file. The first
-screen answers the paper's two questions, then shows the summary table and the paired comparisons.
+screen answers the paper's two questions, flags collapsed models, gives each model's share of the recoverable signal
+(when a cohort has a ceiling), then shows the summary table (deep models beside their baselines and ceilings) and
+the paired comparisons.
 """
 
 from __future__ import annotations
@@ -18,7 +20,16 @@ import pandas as pd
 
 from pipeline.engine.metrics import METRICS
 from pipeline.io import atomic_path, atomic_write_text
-from pipeline.study.aggregate import ALPHA, PRIMARY, chance_table, compare, paper_questions, summarise
+from pipeline.study.aggregate import (
+    ALPHA,
+    PRIMARY,
+    ceiling_share,
+    chance_table,
+    compare,
+    paper_questions,
+    summarise,
+)
+from pipeline.study.baselines import load_references
 from pipeline.study.figures import METRIC_LABELS, confusion_matrices, fold_metrics, learning_curves, roc_curves
 from pipeline.study.runner import Job, cohort_subjects, collect, load_plan, missing_jobs, training_logs
 
@@ -54,33 +65,41 @@ def render(out: str | Path, n_resamples: int = 1000) -> Report:
         FileNotFoundError: the folder is not a study run or has no finished job.
     """
     out = Path(out)
-    plan = load_plan(out)
-    results, predictions = (_in_plan_order(frame, plan) for frame in collect(out))
+    plan, references = load_plan(out), load_references(out)
+    results, predictions = (_in_plan_order(frame, plan, references) for frame in collect(out))
     if results.empty:
         raise FileNotFoundError(f"{out}: no finished fold job yet (no folds/*/*/*/done.json)")
-    summary = summarise(results, predictions, n_resamples)
-    comparisons = compare(results, plan)
     chance = chance_table(cohort_subjects(out))
+    summary = ceiling_share(summarise(results, predictions, n_resamples), plan, chance)
+    comparisons = compare(results, plan, references)
     paths = {name: out / f"{name}.csv" for name in ("results", "predictions", "summary", "comparisons")}
     for name, frame in zip(paths, (results, predictions, summary, comparisons)):
         atomic_write_text(paths[name], frame.to_csv(index=False))
     figures = _write_figures(out, results, predictions, training_logs(out), summary, chance)
     answers = [(question, answer(rows, chance)) for question, rows in paper_questions(comparisons, plan)]
     missing = missing_jobs(out)
-    blocks = _blocks(results, summary, comparisons, chance, answers, missing, len(plan), figures, out)
+    planned = len(plan) + len(references)
+    blocks = _blocks(results, summary, comparisons, chance, answers, missing, planned, figures, out)
     paths.update(markdown=out / "report.md", html=out / "report.html")
     atomic_write_text(paths["markdown"], _markdown(blocks))
     atomic_write_text(paths["html"], _html(blocks, out))
     return Report(paths, [f"{question} {text}" for question, text in answers], missing)
 
 
-def _in_plan_order(frame: pd.DataFrame, plan: pd.DataFrame) -> pd.DataFrame:
-    """Rows sorted by the study's order of cohort x model x augmentation (stable within a group)."""
+def _in_plan_order(frame: pd.DataFrame, plan: pd.DataFrame, references: list[Job] = ()) -> pd.DataFrame:
+    """Rows sorted by the study's order of cohort x model x augmentation (stable within a group): per cohort the
+    deep models, then its baselines and ceilings; a group planned nowhere (an edited study) last."""
     if frame.empty:
         return frame
-    order = {key: i for i, key in enumerate(dict.fromkeys(zip(plan["cohort"], plan["model"], plan["augment"])))}
-    keys = [order[key] for key in zip(frame["cohort"], frame["model"], frame["augment"].astype(bool))]
-    return frame.iloc[np.argsort(keys, kind="stable")].reset_index(drop=True)
+    planned = list(zip(plan["cohort"], plan["model"], plan["augment"].astype(bool)))
+    planned += [(j.cohort, j.model, j.augment) for j in references]
+    cohorts = {cohort: i for i, cohort in enumerate(dict.fromkeys(plan["cohort"]))}
+    order = {key: (cohorts.get(key[0], len(cohorts)), i) for i, key in enumerate(dict.fromkeys(planned))}
+    keys = [
+        order.get(key, (len(cohorts), len(order)))
+        for key in zip(frame["cohort"], frame["model"], frame["augment"].astype(bool))
+    ]
+    return frame.iloc[sorted(range(len(keys)), key=keys.__getitem__)].reset_index(drop=True)
 
 
 # --- numbers and sentences ------------------------------------------------------------------------------
@@ -127,6 +146,44 @@ def _answer_sentence(row, n_subjects: int) -> str:
     )
 
 
+def _share(value: float) -> str:
+    return "–" if not np.isfinite(value) else f"{100 * value:.0f}%"
+
+
+def _collapse_note(summary: pd.DataFrame) -> str:
+    """A warning naming every model x augmentation with collapsed fold jobs ("" when there is none)."""
+    flagged = summary[summary["n_collapsed"] > 0]
+    if flagged.empty:
+        return ""
+    parts = [
+        f"{r.model} (aug {_aug(r.augment)}, cohort {r.cohort}): {r.n_collapsed} of {r.n_jobs}"
+        for r in flagged.itertuples()
+    ]
+    return (
+        "Collapsed models: these fold jobs answered one class for every test subject (a fold holding several "
+        "classes), so the model learned a class prior and nothing else; their metrics are kept in the means and "
+        "intervals, which therefore describe a partly collapsed model. " + "; ".join(parts) + "."
+    )
+
+
+def _share_table(summary: pd.DataFrame, chance: pd.DataFrame) -> pd.DataFrame:
+    """First-screen table of every model with a ceiling: its balanced accuracy, the ceiling's, and the share."""
+    rows = summary[summary["ceiling"] != ""]
+    scores = summary.set_index(["cohort", "model"])[f"{PRIMARY}_mean"]
+    label = METRIC_LABELS[PRIMARY].lower()
+    return pd.DataFrame(
+        {
+            "cohort": rows["cohort"],
+            "model": rows["model"],
+            "aug": [_aug(a) for a in rows["augment"]],
+            label: [_num(v) for v in rows[f"{PRIMARY}_mean"]],
+            "chance": [_num(chance.loc[c, PRIMARY]) for c in rows["cohort"]],
+            "ceiling": [f"{_num(scores[(c, m)])} ({m})" for c, m in zip(rows["cohort"], rows["ceiling"])],
+            "share of the recoverable signal": [_share(v) for v in rows["share_of_ceiling"]],
+        }
+    )
+
+
 def _chance_note(chance: pd.DataFrame, cohorts) -> str:
     parts = [
         f"{cohort} — " + ", ".join(f"{METRIC_LABELS[m]} {chance.loc[cohort, m]:.3f}" for m in METRICS)
@@ -142,22 +199,33 @@ def _aug(value) -> str:
     return "on" if bool(value) else "off"
 
 
+def _test_text(test) -> str:
+    return "" if test is None else f"{_num(test.mean_diff, True)} ({_p(test.p)})"
+
+
 def _summary_table(summary: pd.DataFrame, comparisons: pd.DataFrame, chance: pd.DataFrame) -> pd.DataFrame:
-    """First-screen table: every model with CIs, the augmentation test, and a chance row per cohort."""
+    """First-screen table: every model with CIs, the augmentation test, the test against its baseline, its share
+    of the ceiling and its collapsed jobs; the baselines and ceilings; and a chance row per cohort."""
     aug_tests = _primary(comparisons, "augmentation").set_index(["cohort", "model_a"])
+    baseline_tests = _primary(comparisons, "vs_baseline").set_index(["cohort", "model_a", "augment_a"])
     rows = []
     for cohort, part in summary.groupby("cohort", sort=False):
         for _, r in part.iterrows():
             test = aug_tests.loc[(cohort, r.model)] if r.augment and (cohort, r.model) in aug_tests.index else None
+            key = (cohort, r.model, bool(r.augment))
+            against = baseline_tests.loc[key] if key in baseline_tests.index else None
             rows.append(
                 {
                     "cohort": cohort,
                     "model": r.model,
-                    "aug": _aug(r.augment),
+                    "aug": _aug(r.augment) if r.kind == "model" else "",
                     "jobs": str(int(r["n_jobs"])),
                     **{METRIC_LABELS[m]: _mean_ci(r, m) for m in METRICS},
                     f"{METRIC_LABELS[PRIMARY]}, pooled [bootstrap CI]": _pooled_ci(r, PRIMARY),
-                    "aug on − off (p)": "" if test is None else f"{_num(test.mean_diff, True)} ({_p(test.p)})",
+                    "aug on − off (p)": _test_text(test),
+                    "− baseline (p)": _test_text(against),
+                    "share of ceiling": _share(r.get("share_of_ceiling", np.nan)),
+                    "collapsed jobs": f"⚠ {int(r.n_collapsed)} of {int(r.n_jobs)}" if r.n_collapsed else "",
                 }
             )
         rows.append(
@@ -252,6 +320,18 @@ LEARNING_CAPTION = (
     "Learning curves: mean over jobs ± sd per epoch; dashed: augmentation on. Validation subjects are carved "
     "from each fold's training partition."
 )
+REFERENCES = (
+    "Baselines and ceiling. Each cohort's baselines are scikit-learn models fitted in the same folds as the deep "
+    "models, on each fold's training partition (validation included) and tested on its test fold: PCA (at most 30 "
+    "components) and logistic regression on the preprocessed T1's voxels (baseline:mri), logistic regression on the "
+    "Fisher-z ROI correlations of the cleaned fMRI series (baseline:fmri), both side by side (baseline:fused); every "
+    "scaler and PCA is fitted on training rows only. A deep model is compared with the baseline of its inputs by "
+    "split (seeds averaged), with the same corrected test. For a synthetic cohort the ceiling (ceiling:<inputs>) is a "
+    "logistic regression on the severities the generator planted in those inputs, fitted in the same folds; a "
+    "model's share of the recoverable signal is (BA − chance) / (ceiling BA − chance), chance = 1 / number of "
+    "classes, from mean balanced accuracies over jobs. A collapsed fold job answered one class for every test "
+    "subject; it is counted in every mean and flagged."
+)
 METHODS = (
     "How to read this report. Each fold job trains a model on a fold's training partition (its validation share, "
     "used for early stopping and checkpoint choice, is carved from that partition) and tests it on the held-out "
@@ -310,6 +390,18 @@ def _blocks(results, summary, comparisons, chance, answers, missing, planned, fi
     study = out / "study.yaml"
     blocks = [("h1", f"Study report: {results['study'].iloc[0]}"), ("p", _status(missing, planned)), ("h2", "Answers")]
     blocks += [("answer", question, text) for question, text in answers]
+    collapsed = _collapse_note(summary)
+    blocks += [("warning", collapsed)] if collapsed else []
+    if (summary["ceiling"] != "").any():
+        blocks += [
+            ("h2", "Share of the recoverable signal"),
+            (
+                "p",
+                "Balanced accuracy of each model beside the ceiling of its inputs (a model of the planted "
+                "severities in the same folds): share = (BA − chance) / (ceiling − chance).",
+            ),
+            ("table", _share_table(summary, chance)),
+        ]
     blocks += [
         ("h2", "Summary"),
         (
@@ -326,7 +418,8 @@ def _blocks(results, summary, comparisons, chance, answers, missing, planned, fi
         blocks += _cohort_blocks(cohort, summary, comparisons, chance, figures[cohort])
     if missing:
         blocks += [("h2", "Missing jobs"), ("table", _missing_table(missing))]
-    blocks += [("h2", "Methods"), ("p", METHODS), ("h2", "Environment"), ("table", _environment_table(results))]
+    blocks += [("h2", "Methods"), ("p", METHODS), ("p", REFERENCES)]
+    blocks += [("h2", "Environment"), ("table", _environment_table(results))]
     blocks += [
         ("p", _stats_versions()),
         ("h2", "Study definition"),
@@ -357,6 +450,7 @@ def _markdown(blocks: list[tuple]) -> str:
         "h3": lambda text: f"### {text}",
         "p": lambda text: text,
         "answer": lambda question, text: f"> **{question}** {text}",
+        "warning": lambda text: f"> ⚠ **{text}**",
         "table": lambda frame: frame.to_markdown(index=False, disable_numparse=True),
         "figure": lambda path, caption: f"![{caption}]({path})\n\n*{caption}*",
         "pre": lambda text: f"```yaml\n{text.rstrip()}\n```",
@@ -377,6 +471,7 @@ def _html(blocks: list[tuple], out: Path) -> str:
         "h3": lambda text: f"<h3>{html.escape(text)}</h3>",
         "p": lambda text: f"<p>{html.escape(text)}</p>",
         "answer": lambda question, text: f'<p class="answer"><b>{html.escape(question)}</b> {html.escape(text)}</p>',
+        "warning": lambda text: f'<p class="warning">⚠ {html.escape(text)}</p>',
         "table": lambda frame: frame.to_html(index=False, border=0),
         "figure": image,
         "pre": lambda text: f"<pre>{html.escape(text)}</pre>",
@@ -391,5 +486,6 @@ CSS = (
     "table{border-collapse:collapse;margin:.5em 0;font-size:.9em}td,th{border:1px solid #bbb;padding:3px 7px}"
     "th{background:#eee}pre{background:#f6f6f6;padding:1em}img{max-width:100%}"
     ".answer{background:#eef5ff;border-left:4px solid #36c;padding:.6em 1em;font-size:1.05em}"
+    ".warning{background:#fff4e5;border-left:4px solid #e67e00;padding:.6em 1em}"
     "figcaption{font-size:.85em;color:#555}"
 )

@@ -208,19 +208,23 @@ def in_fresh_folder(job_dir: Path, work: Callable[[], dict]) -> dict:
         raise
 
 
+def cohort_overrides(study: Study, cohort, out: Path) -> dict:
+    """Bundle keys every job of a cohort runs with: the study's and the cohort's overrides, and the run's caches
+    shared across jobs (the baselines build their chains from the same keys)."""
+    return {**study.overrides, **cohort.overrides, "registration_cache_dir": str(registration_cache(out))}
+
+
 def _train_and_test(study: Study, job: Job, out: Path, job_dir: Path) -> dict:
     cohort = next(c for c in study.cohorts if c.name == job.cohort)
     bundle_dir = study.bundle_dir(job.model)
     overrides = {
-        **study.overrides,
-        **cohort.overrides,
+        **cohort_overrides(study, cohort, out),
         "manifest": str(out / job.fold_dir / "manifest.csv"),
         "output_dir": str(job_dir / "eval"),
         "ckpt_dir": str(job_dir / "ckpt"),
         "augment": job.augment,
         "seed": job.seed,
         "cache_dir": str(out / "cache" / Path(job.model).name),
-        "registration_cache_dir": str(registration_cache(out)),
     }
     started = time.perf_counter()
     run_bundle(bundle_dir, ["train.yaml"], "train", log_file=job_dir / "log.txt", **overrides)

@@ -11,6 +11,14 @@ Keys (documented in ``bundles/experiments/README.md``)::
     cv: {folds: 5, repeats: 1, seed: 0, val_fraction: 0.2}
     overrides: {epochs: 10}       # bundle keys for every job
     seeds: [0]                    # optional training seeds per fold
+    baselines: true               # optional: scikit-learn baselines and the ceiling in the same folds
+
+``baselines`` (default false) is true (every name below), false, or a list of names: ``mri``, ``fmri``, ``fused``
+(a scikit-learn model of those inputs for each cohort whose models read them: PCA + logistic regression on the
+preprocessed T1's voxels, logistic regression on the ROI correlations, both concatenated) and ``ceiling`` (logistic
+regression on the planted severities, for a cohort with a ``synth_truth.tsv`` beside its manifest). Each is fitted
+on the training partition of every fold (validation included) and scored on its test fold:
+:mod:`pipeline.study.baselines`.
 """
 
 from __future__ import annotations
@@ -26,11 +34,13 @@ from pipeline.engine import REPO_BUNDLES
 from pipeline.engine.keys import bundle_key_problem
 from pipeline.io import load_yaml
 
-STUDY_KEYS = {"name", "description", "cohorts", "models", "augmentation", "cv", "overrides", "seeds"}
+STUDY_KEYS = {"name", "description", "cohorts", "models", "augmentation", "cv", "overrides", "seeds", "baselines"}
 COHORT_KEYS = {"manifest", "models", "overrides"}
 CV_KEYS = {"folds", "repeats", "seed", "val_fraction"}
 #: a cohort name becomes a folder of the run (``folds/<cohort>/``): a plain name, never a path
 COHORT_NAME = re.compile(r"[A-Za-z0-9][A-Za-z0-9_.-]*")
+#: names of ``baselines``: a reference model per input set, and the ceiling of a synthetic cohort
+BASELINE_NAMES = ("mri", "fmri", "fused", "ceiling")
 
 
 class StudyError(ValueError):
@@ -60,6 +70,7 @@ class Study:
     overrides: dict[str, Any]
     seeds: tuple[int, ...]
     text: str
+    baselines: tuple[str, ...] = ()
 
     def bundle_dir(self, model: str) -> Path:
         """Folder of a model's bundle: a name under ``bundles/`` or a path."""
@@ -121,6 +132,7 @@ def load_study(path: str | Path, manifests: dict[str, str] | None = None) -> Stu
             _integer(s, 0, f"{path}: seeds") for s in _listed(raw.get("seeds", [0]), None, "", f"{path}: seeds")
         ),
         text=text,
+        baselines=_baselines(raw.get("baselines", False), f"{path}: baselines"),
     )
     for cohort in study.cohorts:
         for model in cohort.models:
@@ -150,6 +162,14 @@ def _listed(value: Any, test, expected: str, where: str) -> list:
 
 def _names(value: Any, where: str) -> list[str]:
     return _listed(value, lambda v: isinstance(v, str) and v != "", "a bundle name or folder", where)
+
+
+def _baselines(value: Any, where: str) -> tuple[str, ...]:
+    """``true`` (every baseline and the ceiling), ``false`` (none) or a list of :data:`BASELINE_NAMES`."""
+    if isinstance(value, bool):
+        return BASELINE_NAMES if value else ()
+    names = _listed(value, lambda v: v in BASELINE_NAMES, f"true, false or one of {', '.join(BASELINE_NAMES)}", where)
+    return tuple(dict.fromkeys(names))
 
 
 def _integer(value: Any, low: int, where: str) -> int:

@@ -163,3 +163,14 @@ def chance_levels(diagnoses: Sequence[str]) -> dict[str, float]:
     probabilities = np.zeros((len(labels), len(CLASS_NAMES)))
     probabilities[:, np.bincount(labels, minlength=len(CLASS_NAMES)).argmax()] = 1.0
     return classification_metrics(labels, probabilities, len(CLASS_NAMES))
+
+
+def is_collapsed(predictions: pd.DataFrame) -> bool:
+    """Whether one job answered a single class for every test subject of a fold that holds several classes.
+
+    Such a model learned nothing but a prior; its metrics are chance-like for a reason the mean over folds hides.
+
+    Args:
+        predictions: one job's test predictions (``predicted`` and ``diagnosis`` columns).
+    """
+    return predictions["predicted"].nunique() == 1 and predictions["diagnosis"].nunique() > 1
