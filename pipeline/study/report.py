@@ -175,7 +175,7 @@ def _share_table(summary: pd.DataFrame, chance: pd.DataFrame) -> pd.DataFrame:
         {
             "cohort": rows["cohort"],
             "model": rows["model"],
-            "aug": [_aug(a) for a in rows["augment"]],
+            "aug": [_aug(a) if k == "model" else "" for a, k in zip(rows["augment"], rows["kind"])],
             label: [_num(v) for v in rows[f"{PRIMARY}_mean"]],
             "chance": [_num(chance.loc[c, PRIMARY]) for c in rows["cohort"]],
             "ceiling": [f"{_num(scores[(c, m)])} ({m})" for c, m in zip(rows["cohort"], rows["ceiling"])],
