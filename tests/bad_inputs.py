@@ -24,7 +24,7 @@ def _grid(voxel_mm: float) -> np.ndarray:
     return affine
 
 
-T1_SHAPE, T1_AFFINE = (20, 24, 20), _grid(9.0)
+T1_SHAPE, T1_AFFINE = (30, 36, 30), _grid(6.0)
 BOLD_SHAPE, BOLD_AFFINE = (12, 14, 12, 40), _grid(16.0)
 #: a grid no scanner writes: refused from the header, before anything is allocated (it would be 4 PB of float32)
 ABSURD = 100_000
@@ -35,9 +35,18 @@ def _noise(shape: tuple[int, ...], seed: int) -> np.ndarray:
     return np.random.default_rng(seed).uniform(10.0, 100.0, shape).astype(np.float32)
 
 
+def _brain(shape: tuple[int, ...], affine: np.ndarray, seed: int) -> np.ndarray:
+    """nilearn's MNI152 T1 on the grid ``(shape, affine)`` with some noise: a whole brain that registers."""
+    from nibabel.processing import resample_from_to
+    from nilearn.datasets import load_mni152_template
+
+    brain = resample_from_to(load_mni152_template(resolution=2), (shape, affine), order=1).get_fdata()
+    return (100.0 * brain + 0.05 * _noise(shape, seed)).astype(np.float32)
+
+
 def write_t1(path: Path, data: np.ndarray | None = None) -> Path:
-    """A 3D T1 (random positive intensities unless ``data``), 9 mm voxels over the MNI brain."""
-    nib.save(nib.Nifti1Image(_noise(T1_SHAPE, 1) if data is None else data, T1_AFFINE), path)
+    """A 3D T1 (the MNI152 brain with noise unless ``data``), 6 mm voxels."""
+    nib.save(nib.Nifti1Image(_brain(T1_SHAPE, T1_AFFINE, 1) if data is None else data, T1_AFFINE), path)
     return path
 
 

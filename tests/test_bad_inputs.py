@@ -237,7 +237,7 @@ def test_bundle_refuses_a_broken_manifest_before_writing(corpus, tmp_path, case)
 
 # --- predict ----------------------------------------------------------------------------------------------
 
-#: the corpus's scans are coarse and short (9 mm T1, 16 mm 40-volume BOLD): the bundles' QC limits opened for them
+#: the corpus's scans are coarse and short (6 mm T1, 16 mm 40-volume BOLD): the bundles' QC limits opened for them
 RELAXED_QC = {
     "mri_cnn3d": ["--set=qc#mri#voxel_mm=[0.5,10]"],
     "fmri_lstm": ["--set=qc#fmri#voxel_mm=[1,20]", "--set=qc#fmri#min_volumes=10"],

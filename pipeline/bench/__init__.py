@@ -14,6 +14,7 @@ BENCHMARKS = {
     "mri": "pipeline.bench.mri",
     "train": "pipeline.bench.train",
     "infer": "pipeline.bench.infer",
+    "registration": "pipeline.bench.registration",
 }
 
 

@@ -235,7 +235,7 @@ def register_t1(
         raise ValueError(f"ANTs registration seed must be >= 1 (0 seeds from the clock), got {seed}")
     template = mni_template(float(level_mm))
     moving = to_ants(array, affine)
-    if min(moving.spacing) < level_mm:
+    if not np.allclose(moving.spacing, level_mm):  # coarser scans too: ANTs' pyramid shrinks the grid up to 6x
         moving = ants.resample_image(moving, (level_mm,) * 3, use_voxels=False, interp_type=0)
     bias = None
     if bias_correction:

@@ -1,0 +1,181 @@
+"""``neurofusion bench registration``: T1 affine registration to MNI152, ANTs at several levels vs SimpleITK.
+
+Synthetic T1s (``neurofusion synth`` anatomy, each with its own planted pose) at 1 mm and 3 mm are registered by
+each method; reported per method and input resolution: the median seconds per subject on one thread (N4 included
+where the method runs it), the residual against the planted pose at the hippocampi and lateral ventricles (mm),
+and whether a second run gives the same matrix.
+"""
+
+from __future__ import annotations
+
+import argparse
+import statistics
+import tempfile
+import time
+from collections.abc import Callable, Mapping
+from pathlib import Path
+
+import numpy as np
+
+describe = (
+    "T1 registration to MNI152: ANTs affine (N4, 3/4/6 mm levels) vs SimpleITK, seconds per subject on one thread "
+    "and residual against the synthetic cohort's planted pose"
+)
+
+
+def add_arguments(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("--subjects", type=int, default=3, help="synthetic subjects per resolution (default 3)")
+    parser.add_argument(
+        "--resolutions", type=float, nargs="+", default=[3.0, 1.0], help="T1 voxel sizes in mm (default 3 1)"
+    )
+
+
+def planted_template_to_subject(truth: Mapping) -> np.ndarray:
+    """The pose ``neurofusion synth`` planted in a T1 (a ``synth_truth.tsv`` row), as a template-mm -> subject-mm
+    RAS affine: rotation and head size about the template's brain centre, then the translation."""
+    from scipy.spatial.transform import Rotation
+
+    from pipeline.synth.anatomy import template_space
+
+    rotation = Rotation.from_euler("xyz", [truth[f"rotation_deg_{i}"] for i in range(3)], degrees=True).as_matrix()
+    linear = rotation @ np.diag([truth[f"head_scale_{i}"] for i in range(3)])
+    centre = template_space().brain_centre
+    matrix = np.eye(4)
+    matrix[:3, :3] = linear
+    matrix[:3, 3] = centre + np.array([truth[f"translation_mm_{i}"] for i in range(3)]) - linear @ centre
+    return matrix
+
+
+def landmarks_mm() -> list[np.ndarray]:
+    """Template mm of the left and right hippocampus and lateral ventricle centres."""
+    from pipeline.synth.anatomy import template_space
+
+    space = template_space()
+    return [centre for centre, _ in space.hippocampi] + [centre for centre, _ in space.ventricles]
+
+
+def residual_mm(found: np.ndarray, planted: np.ndarray) -> float:
+    """Largest distance between where two template-to-subject affines put the landmarks."""
+    return max(float(np.linalg.norm((found @ [*p, 1])[:3] - (planted @ [*p, 1])[:3])) for p in landmarks_mm())
+
+
+def _ants(level_mm: float, bias_correction: bool = True) -> Callable[[np.ndarray, np.ndarray], np.ndarray]:
+    from pipeline.transforms.registration import register_t1
+
+    return lambda array, affine: register_t1(array, affine, level_mm=level_mm, bias_correction=bias_correction).matrix
+
+
+def _simpleitk(level_mm: float) -> Callable[[np.ndarray, np.ndarray], np.ndarray] | None:
+    """SimpleITK's ImageRegistrationMethod: Mattes MI, affine, a 3-level pyramid, centred initialisation."""
+    try:
+        import SimpleITK as sitk
+    except ImportError:
+        return None
+    from pipeline.transforms.registration import mni_template, ras_affine
+
+    def to_sitk(array: np.ndarray, affine: np.ndarray):
+        lps = np.diag([-1.0, -1.0, 1.0, 1.0]) @ affine
+        spacing = np.linalg.norm(lps[:3, :3], axis=0)
+        image = sitk.GetImageFromArray(np.ascontiguousarray(array.transpose(2, 1, 0), dtype=np.float32))
+        image.SetSpacing(spacing.tolist())
+        image.SetOrigin(lps[:3, 3].tolist())
+        image.SetDirection((lps[:3, :3] / spacing).ravel().tolist())
+        return image
+
+    def register(array: np.ndarray, affine: np.ndarray) -> np.ndarray:
+        sitk.ProcessObject.SetGlobalDefaultNumberOfThreads(1)
+        template = mni_template(level_mm).image
+        fixed = to_sitk(template.numpy(), ras_affine(template))
+        moving = to_sitk(array, affine)
+        start = sitk.CenteredTransformInitializer(
+            fixed, moving, sitk.AffineTransform(3), sitk.CenteredTransformInitializerFilter.MOMENTS
+        )
+        method = sitk.ImageRegistrationMethod()
+        method.SetMetricAsMattesMutualInformation(32)
+        method.SetMetricSamplingStrategy(method.RANDOM)
+        method.SetMetricSamplingPercentage(0.2, seed=1)
+        method.SetInterpolator(sitk.sitkLinear)
+        method.SetOptimizerAsRegularStepGradientDescent(1.0, 1e-4, 200)
+        method.SetOptimizerScalesFromPhysicalShift()
+        method.SetShrinkFactorsPerLevel([4, 2, 1])
+        method.SetSmoothingSigmasPerLevel([2, 1, 0])
+        method.SetInitialTransform(start, inPlace=False)
+        found = method.Execute(fixed, moving)
+        composite = sitk.CompositeTransform(found)
+        flat = composite.GetNthTransform(composite.GetNumberOfTransforms() - 1)
+        matrix = sitk.AffineTransform(flat)
+        linear = np.asarray(matrix.GetMatrix()).reshape(3, 3)
+        centre, translation = np.asarray(matrix.GetCenter()), np.asarray(matrix.GetTranslation())
+        lps = np.eye(4)
+        lps[:3, :3] = linear
+        lps[:3, 3] = translation + centre - linear @ centre
+        flip = np.diag([-1.0, -1.0, 1.0, 1.0])
+        return flip @ lps @ flip
+
+    return register
+
+
+def _methods() -> dict[str, Callable]:
+    methods = {f"ANTs affine, N4, {level:g} mm": _ants(level) for level in (3.0, 4.0, 6.0)}
+    methods["ANTs affine, no N4, 4 mm"] = _ants(4.0, bias_correction=False)
+    simpleitk = _simpleitk(4.0)
+    if simpleitk is not None:
+        methods["SimpleITK affine (Mattes MI), 4 mm"] = simpleitk
+    return methods
+
+
+def _subjects(folder: Path, voxel_mm: float, count: int) -> list[tuple[np.ndarray, np.ndarray, np.ndarray]]:
+    """(voxels, affine, planted pose) of ``count`` synthetic T1s at ``voxel_mm``."""
+    import dataclasses
+
+    import pandas as pd
+    from monai.transforms import LoadImage
+
+    from pipeline.synth import write_cohort
+    from pipeline.synth.profiles import PROFILES
+
+    profile = dataclasses.replace(PROFILES["demo"], name=f"bench-{voxel_mm:g}", t1_voxel_mm=voxel_mm)
+    out = folder / f"t1-{voxel_mm:g}mm"
+    write_cohort(out, n_cn=0, n_mci=0, n_ad=0, n_mri_only=count, seed=7, profile=profile, progress=False)
+    truth = pd.read_csv(out / "synth_truth.tsv", sep="\t")
+    subjects = []
+    for _, row in truth.iterrows():
+        sid = row["participant_id"]
+        image = LoadImage(image_only=True, ensure_channel_first=True)(str(out / sid / "anat" / f"{sid}_T1w.nii.gz"))
+        subjects.append((image[0].numpy(), image.affine.numpy(), planted_template_to_subject(row)))
+    return subjects
+
+
+def _measure(register: Callable, subjects: list) -> tuple[float, float, float, float]:
+    """Median seconds a registration (the scan already in memory), median and worst residual, and the largest
+    matrix change on a second run."""
+    seconds, residuals = [], []
+    for array, affine, planted in subjects:
+        started = time.perf_counter()
+        found = register(array, affine)
+        seconds.append(time.perf_counter() - started)
+        residuals.append(residual_mm(found, planted))
+    array, affine, _ = subjects[0]
+    repeat = float(np.abs(register(array, affine) - register(array, affine)).max())
+    return statistics.median(seconds), statistics.median(residuals), max(residuals), repeat
+
+
+def run(args: argparse.Namespace) -> int:
+    import torch
+
+    torch.set_num_threads(1)
+    methods = _methods()
+    if not any(name.startswith("SimpleITK") for name in methods):
+        print("SimpleITK is not installed (pip install SimpleITK): ANTs only")
+    print(f"{'method':36} {'T1':>6} {'s/subject':>10} {'residual median':>16} {'worst':>7} {'rerun change':>13}")
+    with tempfile.TemporaryDirectory() as folder:
+        for voxel_mm in args.resolutions:
+            subjects = _subjects(Path(folder), voxel_mm, max(1, args.subjects))
+            for name, register in methods.items():
+                seconds, median, worst, repeat = _measure(register, subjects)
+                print(
+                    f"{name:36} {voxel_mm:4g}mm {seconds:10.2f} {median:13.2f} mm {worst:5.2f} mm {repeat:13.2g}",
+                    flush=True,
+                )
+    print("one thread (ITK and torch); residual: largest distance over hippocampi and lateral ventricles")
+    return 0
