@@ -416,7 +416,9 @@ def test_bundle_chain_feeds_its_network_in_every_sequence_mode(bundle, config, c
     parser = ConfigParser()
     parser.read_config(str(REPO / "bundles" / bundle / "configs" / config))
     # nibabel's anatomical.nii is a 66 x 82 x 50 mm partial field of view: not registrable, and not the point here
-    parser.update({**BUNDLE_OVERRIDES, "fmri_sequence": sequence, "augment": True, "device": "cpu", "mri_registration": "none"})
+    parser.update(
+        {**BUNDLE_OVERRIDES, "fmri_sequence": sequence, "augment": True, "device": "cpu", "mri_registration": "none"}
+    )
     keys = parser.get_parsed_content("data_keys")
     item = {keys["fmri"]: str(FUNCTIONAL), "tr": 2.0, keys.get("mri", "mri"): str(ANATOMICAL)}
     transform = parser.get_parsed_content(chain)
