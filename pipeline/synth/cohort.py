@@ -15,8 +15,8 @@ import nibabel as nib
 import numpy as np
 from tqdm.auto import tqdm
 
-from pipeline.synth.anatomy import antialias_sigma_mm, template_space
-from pipeline.synth.functional import bold_grid, sample_functional, synthesize_bold
+from pipeline.synth.anatomy import aal_atlas, antialias_sigma_mm, template_space
+from pipeline.synth.functional import pose_centre_mm, sample_bold_pose, sample_functional, synthesize_bold
 from pipeline.synth.profiles import SynthProfile, get_profile
 from pipeline.synth.structural import SITE_T1, sample_structural, synthesize_t1
 
@@ -109,14 +109,16 @@ def _synthesize_subject(
     if subject.paired:
         bold_rng = np.random.default_rng([seed, stream, subject.index, 1])
         functional = sample_functional(bold_rng, s_func, functional_effect, site)
+        # the run's head pose: the T1's plus a small motion, from a stream of its own (the signals do not change)
+        pose = sample_bold_pose(np.random.default_rng([seed, stream, subject.index, 2]), structural)
         func = root / sid / "func"
         func.mkdir()
         name = f"{sid}_task-rest_bold"
-        img = synthesize_bold(functional, profile.fmri_voxel_mm, profile.n_volumes, profile.tr, bold_rng)
+        img = synthesize_bold(functional, profile.fmri_voxel_mm, profile.n_volumes, profile.tr, bold_rng, pose)
         nib.save(img, func / f"{name}.nii.gz")
         _write_json(func / f"{name}.json", {"RepetitionTime": profile.tr, "TaskName": "rest", "SyntheticData": True})
         row.update(fmri=f"{sid}/func/{name}.nii.gz", tr=str(float(profile.tr)))
-        truth.update(functional.as_record())
+        truth.update(functional.as_record(), **pose.as_record())
     return row, truth
 
 
@@ -208,7 +210,9 @@ def _prepare(profile: SynthProfile, paired: bool) -> None:
     """Load and cache the template arrays up front (a few seconds, once per process and resolution)."""
     template_space(antialias_sigma_mm(profile.t1_voxel_mm))
     if paired:
-        bold_grid(profile.fmri_voxel_mm)
+        template_space(antialias_sigma_mm(profile.fmri_voxel_mm))
+        aal_atlas()
+        pose_centre_mm()
 
 
 def _check_destination(out: Path) -> None:
@@ -298,13 +302,18 @@ What is real: the anatomy is the MNI152 2009 template (T1, tissue probabilities,
 nilearn) and the regions are the AAL atlas (116 labels). What is simulated: per-subject disease effects
 (graded medial/lateral temporal grey-matter atrophy and ventricle enlargement in the T1; weakened
 default-mode and hippocampal-DMN coupling in the resting-state BOLD), and nuisance (head size, small
-rigid misalignment, bias field, Rician noise, intensity scaling, drift, thermal noise).
+rigid misalignment, bias field, Rician noise, intensity scaling, drift, thermal noise). Neither image is in
+MNI space: the T1 lies in its own pose, and the BOLD run, on a scanner field of view of its own, in the T1's
+pose plus a small motion between the acquisitions.
 
 Purpose: exercise the neurofusion pipeline end to end and test whether a model recovers known effects.
 
 Settings: profile {profile}, seed {seed}, structural_effect {structural_effect}, functional_effect
 {functional_effect}; paired CN/MCI/AD = {n_cn}/{n_mci}/{n_ad}, MRI-only = {n_mri_only}.
-Ground truth per subject (latent severities, sampled parameters): synth_truth.tsv.
+Ground truth per subject (latent severities, sampled parameters): synth_truth.tsv; the T1 pose is
+head_scale_*, rotation_deg_*, translation_mm_*, the BOLD pose head_scale_*, bold_rotation_deg_*,
+bold_translation_mm_* (template mm -> scanner mm: x = R S (q - c) + c + t, R from "xyz" Euler angles in
+degrees, c the MNI152 brain mask's centre).
 neurofusion manifests (paths relative to this folder): manifest.csv (and manifest_paired.csv,
 manifest_mri_only.csv when both kinds are present).
 """

@@ -4,28 +4,35 @@ The 116 AAL regions are assigned to seven resting-state networks by name. Each n
 latent signal (0.01-0.1 Hz at the run's TR, with mild between-network correlations); an ROI's signal is its
 loading times its network signal plus ROI-specific autocorrelated noise and slow drift. Disease weakens the
 default-mode loadings, the hippocampal/parahippocampal ones most. Voxels get a tissue-dependent baseline
-times ``1 + psc * ROI signal`` plus thermal noise; the run is treated as already registered to MNI.
+times ``1 + psc * ROI signal`` plus thermal noise.
+
+The run is not in MNI space: it lies on a scanner field of view (:func:`scanner_grid`, not the template's grid)
+with the head in its own pose (:class:`BoldPose`): the subject's T1 pose (head size, rotation, translation) plus a
+small rigid motion between the two acquisitions. Anatomy, brain mask and AAL labels are sampled through that pose,
+so finding the run's transform to the template is real work (``pipeline.transforms.fmri_registration``).
 """
 
 from __future__ import annotations
 
 import functools
+from collections.abc import Mapping
 from dataclasses import asdict, dataclass
 
 import nibabel as nib
 import numpy as np
 from scipy import signal
+from scipy.spatial.transform import Rotation
 
 from pipeline.synth.anatomy import (
+    _template_raw,
     aal_atlas,
     antialias_sigma_mm,
     int16_nifti,
-    output_grid,
     resample_nearest,
     sample_linear,
     template_space,
 )
-from pipeline.synth.structural import bias_field
+from pipeline.synth.structural import StructuralParams, bias_field
 
 NETWORKS = ("default", "visual", "somatomotor", "salience", "frontoparietal", "subcortical", "cerebellar")
 
@@ -87,6 +94,12 @@ SITE_BOLD_TSNR = {"site01": (60.0, 90.0), "site02": (45.0, 70.0)}
 
 _PSC = 0.012  # percent signal change per unit ROI signal
 _BACKGROUND_SD = 0.6  # noise SD outside the brain (stored units)
+#: scanner field of view of every BOLD run (mm, RAS axes) and its centre: not the template's bounding box
+SCANNER_FOV_MM = (192.0, 224.0, 176.0)
+SCANNER_CENTRE_MM = (0.0, -17.0, 15.0)
+#: motion between the T1 and the BOLD run: uniform ranges of the extra rotation (degrees) and translation (mm)
+_RUN_ROTATION_DEG = 2.0
+_RUN_TRANSLATION_MM = 3.0
 
 
 def network_of(name: str) -> str:
@@ -213,6 +226,103 @@ def _drift_basis(n_time: int) -> np.ndarray:
 
 
 @dataclass(frozen=True)
+class BoldPose:
+    """Where the head lies in a BOLD run's scanner space (recorded so the true transform is known).
+
+    The map from template mm to the run's mm is :meth:`template_to_subject`: head size and rotation about the
+    template's brain centre, then the translation, as the T1's pose (``StructuralParams``).
+
+    Attributes:
+        head_scale: per-axis head size (the subject's, shared with the T1).
+        rotation_deg: rotation (x, y, z Euler angles, degrees): the T1's plus the motion between the runs.
+        translation_mm: translation (mm): the T1's plus the motion between the runs.
+    """
+
+    head_scale: tuple[float, float, float] = (1.0, 1.0, 1.0)
+    rotation_deg: tuple[float, float, float] = (0.0, 0.0, 0.0)
+    translation_mm: tuple[float, float, float] = (0.0, 0.0, 0.0)
+
+    def template_to_subject(self) -> np.ndarray:
+        """4x4 RAS map from template mm to the run's scanner mm."""
+        return pose_matrix(self.head_scale, self.rotation_deg, self.translation_mm)
+
+    def as_record(self) -> dict:
+        """Flat dict for the ground-truth table (the head scale is the T1's ``head_scale``)."""
+        return {"bold_rotation_deg": list(self.rotation_deg), "bold_translation_mm": list(self.translation_mm)}
+
+
+def _round(values) -> tuple[float, ...]:
+    return tuple(round(float(v), 6) for v in values)
+
+
+def sample_bold_pose(rng: np.random.Generator, structural: StructuralParams) -> BoldPose:
+    """The pose of a subject's BOLD run: its T1 pose plus a small rigid motion between the two acquisitions.
+
+    Args:
+        rng: a generator of its own (drawing from it leaves the run's signals unchanged).
+        structural: the subject's T1 parameters (head size, rotation, translation).
+    """
+    rotation = np.asarray(structural.rotation_deg) + rng.uniform(-_RUN_ROTATION_DEG, _RUN_ROTATION_DEG, size=3)
+    translation = np.asarray(structural.translation_mm) + rng.uniform(-_RUN_TRANSLATION_MM, _RUN_TRANSLATION_MM, size=3)
+    return BoldPose(structural.head_scale, _round(rotation), _round(translation))
+
+
+@functools.lru_cache(maxsize=1)
+def pose_centre_mm() -> np.ndarray:
+    """The template brain centre (mm) the poses rotate and scale about (the unsmoothed MNI152 brain mask's)."""
+    raw = _template_raw()
+    index = np.argwhere(raw["brain"] > 0.5)
+    return (index @ raw["affine"][:3, :3].T + raw["affine"][:3, 3]).mean(axis=0)
+
+
+def pose_matrix(head_scale, rotation_deg, translation_mm, centre=None) -> np.ndarray:
+    """Template mm -> subject mm of a synthetic pose: ``R S (q - c) + c + t`` (RAS, 4x4).
+
+    Args:
+        head_scale: per-axis scale factors.
+        rotation_deg: x, y, z Euler angles in degrees (``scipy`` ``"xyz"``).
+        translation_mm: translation in mm.
+        centre: centre of rotation and scaling (default :func:`pose_centre_mm`).
+    """
+    centre = pose_centre_mm() if centre is None else np.asarray(centre, dtype=np.float64)
+    linear = Rotation.from_euler("xyz", rotation_deg, degrees=True).as_matrix() @ np.diag(head_scale)
+    matrix = np.eye(4)
+    matrix[:3, :3] = linear
+    matrix[:3, 3] = centre + np.asarray(translation_mm, dtype=np.float64) - linear @ centre
+    return matrix
+
+
+def planted_bold_to_subject(truth: Mapping) -> np.ndarray:
+    """The BOLD pose planted by ``neurofusion synth`` (a ``synth_truth.tsv`` row) as template mm -> run mm."""
+    return pose_matrix(
+        [truth[f"head_scale_{i}"] for i in range(3)],
+        [truth[f"bold_rotation_deg_{i}"] for i in range(3)],
+        [truth[f"bold_translation_mm_{i}"] for i in range(3)],
+    )
+
+
+def scanner_grid(voxel_mm: float) -> tuple[tuple[int, int, int], np.ndarray]:
+    """Shape and RAS affine of the BOLD field of view (:data:`SCANNER_FOV_MM` about :data:`SCANNER_CENTRE_MM`).
+
+    Args:
+        voxel_mm: isotropic voxel size.
+    """
+    shape = tuple(int(n) for n in np.round(np.asarray(SCANNER_FOV_MM) / voxel_mm).astype(int))
+    affine = np.diag([voxel_mm, voxel_mm, voxel_mm, 1.0])
+    affine[:3, 3] = np.asarray(SCANNER_CENTRE_MM) - voxel_mm * (np.asarray(shape) - 1) / 2
+    return shape, affine
+
+
+@functools.lru_cache(maxsize=1)
+def _aal_lookup() -> tuple[np.ndarray, np.ndarray]:
+    """AAL labels (int16) and the table from label value to ROI row + 1 (0 = no region)."""
+    atlas = aal_atlas()
+    lut = np.zeros(max(atlas.labels) + 1, dtype=np.int64)
+    lut[list(atlas.labels)] = np.arange(1, len(atlas.labels) + 1)
+    return np.asarray(atlas.image.dataobj).astype(np.int16), lut
+
+
+@dataclass(frozen=True)
 class _BoldGrid:
     shape: tuple[int, int, int]
     affine: np.ndarray
@@ -223,24 +333,25 @@ class _BoldGrid:
     names: tuple[str, ...]
 
 
-@functools.lru_cache(maxsize=2)
-def bold_grid(voxel_mm: float) -> _BoldGrid:
-    """Brain mask, AAL labels and T2*-like baseline on the BOLD grid (cached per voxel size).
+def bold_grid(voxel_mm: float, pose: BoldPose | None = None) -> _BoldGrid:
+    """Brain mask, AAL labels and T2*-like baseline on the scanner grid, the head in ``pose``.
 
     Args:
         voxel_mm: isotropic BOLD voxel size.
+        pose: the head's pose in the run (default: template-aligned).
     """
     ts = template_space(antialias_sigma_mm(voxel_mm))
-    shape, affine = output_grid(voxel_mm)
-    grid_to_template = np.linalg.inv(ts.affine) @ affine
+    shape, affine = scanner_grid(voxel_mm)
+    pose = pose or BoldPose()
+    to_template = np.linalg.inv(pose.template_to_subject()) @ affine  # run voxel -> template mm
+    grid_to_template = np.linalg.inv(ts.affine) @ to_template
     coords = np.stack(np.meshgrid(*(np.arange(n) for n in shape), indexing="ij")).reshape(3, -1)
-    coords = (grid_to_template[:3, :3] @ coords + grid_to_template[:3, 3:]).reshape(3, *shape)
+    coords = (grid_to_template[:3, :3] @ coords + grid_to_template[:3, 3:]).reshape(3, *shape).astype(np.float32)
     brain = sample_linear(ts.brain, coords) > 0.5
     t1 = sample_linear(ts.t1, coords)
     atlas = aal_atlas()
-    labels = resample_nearest(np.asarray(atlas.image.dataobj), atlas.image.affine, shape, affine)
-    lut = np.zeros(max(atlas.labels) + 1, dtype=np.int64)
-    lut[list(atlas.labels)] = np.arange(1, len(atlas.labels) + 1)
+    label_array, lut = _aal_lookup()
+    labels = resample_nearest(label_array, atlas.image.affine, shape, to_template)
     flat_brain = brain.ravel(order="F")
     # T2*-like contrast from the T1: CSF brightest, then grey, then white matter
     baseline = 1000.0 * (0.6 + 0.5 * np.clip(1.0 - t1, 0.0, 0.7))
@@ -256,9 +367,14 @@ def bold_grid(voxel_mm: float) -> _BoldGrid:
 
 
 def synthesize_bold(
-    params: FunctionalParams, voxel_mm: float, n_volumes: int, tr: float, rng: np.random.Generator
+    params: FunctionalParams,
+    voxel_mm: float,
+    n_volumes: int,
+    tr: float,
+    rng: np.random.Generator,
+    pose: BoldPose | None = None,
 ) -> nib.Nifti1Image:
-    """Render one resting-state run on the MNI bounding box grid.
+    """Render one resting-state run on the scanner grid (:func:`scanner_grid`), the head in ``pose``.
 
     Args:
         params: the subject's functional parameters.
@@ -266,11 +382,12 @@ def synthesize_bold(
         n_volumes: number of volumes.
         tr: repetition time (s), stored in ``pixdim[4]``.
         rng: the subject's BOLD random generator (draws the ROI signals and the noise).
+        pose: the head's pose (default: template-aligned, i.e. already in MNI space).
 
     Returns:
         int16 4D NIfTI, shape ``(X, Y, Z, T)``, units ``('mm', 'sec')``.
     """
-    grid = bold_grid(voxel_mm)
+    grid = bold_grid(voxel_mm, pose)
     signals, _, drift0 = roi_signals(rng, params, grid.names, n_volumes, tr)
     modulation = np.concatenate([drift0[None], signals]) * np.float32(_PSC) + np.float32(1.0)  # [R + 1, T]
     field = bias_field(rng.normal(0.0, 1.0, size=9), 0.1, grid.shape, grid.affine).ravel(order="F")
