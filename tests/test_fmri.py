@@ -268,20 +268,20 @@ def test_manifest_items_carry_tr_and_confounds_into_a_common_time_base(tmp_path)
     (tmp_path / "manifest.csv").write_text(rows.format(confounds_tsv.name))
     items = manifest_datalist(tmp_path / "manifest.csv", ["train"], ["fmri"])
     assert [(i["tr"], i["confounds"]) for i in items] == [(2.0, ""), (3.0, str(confounds_tsv))]
-    chain = fmri_transforms("series", timepoints=12, high_pass=None, low_pass=None, common_tr=2.5)
+    chain = fmri_transforms("series", timepoints=12, high_pass=None, low_pass=None, common_tr=2.5, registration="none")
     outputs = [chain(item) for item in items]
     assert [o["tr"] for o in outputs] == [2.5, 2.5]
     assert outputs[0]["series"].shape == outputs[1]["series"].shape == (116, 12)
 
 
 def test_fmri_chain_gives_zscored_fixed_length_roi_series():
-    out = fmri_transforms(keys="series", timepoints=16, high_pass=None, low_pass=None)(
+    out = fmri_transforms(keys="series", timepoints=16, high_pass=None, low_pass=None, registration="none")(
         {"series": str(FUNCTIONAL), "tr": 2.0}
     )["series"]
     assert out.shape == (116, 16) and out.dtype == torch.float32
     active = out.abs().sum(dim=1) > 0
     assert active.sum() == 26
-    full = fmri_transforms(keys="series", timepoints=20, high_pass=None, low_pass=None)(
+    full = fmri_transforms(keys="series", timepoints=20, high_pass=None, low_pass=None, registration="none")(
         {"series": str(FUNCTIONAL), "tr": 2.0}
     )["series"]
     torch.testing.assert_close(full[active].mean(dim=1), torch.zeros(26), atol=1e-5, rtol=0)
@@ -315,6 +315,7 @@ MODES = {"roi": {}, "dfc": {"dfc_window": 6, "dfc_step": 2}, "volume": {"volume_
 @pytest.mark.parametrize("sequence", MODES)
 def test_fmri_augmentation_is_reproducible_under_a_seed(sequence):
     options = {"timepoints": 12, "high_pass": None, "low_pass": None, "sequence": sequence, **MODES[sequence]}
+    options["registration"] = "none"  # nibabel's functional.nii: three 8 mm slices, in MNI space already
     chain = fmri_transforms("series", train=True, augment=True, augmentation=ALL_ON, **options)
     runs = [chain.set_random_state(seed)({"series": str(FUNCTIONAL), "tr": 2.0})["series"] for seed in (7, 7, 8)]
     torch.testing.assert_close(runs[0], runs[1])
@@ -415,9 +416,17 @@ BUNDLE_OVERRIDES = {
 def test_bundle_chain_feeds_its_network_in_every_sequence_mode(bundle, config, chain, sequence):
     parser = ConfigParser()
     parser.read_config(str(REPO / "bundles" / bundle / "configs" / config))
-    # nibabel's anatomical.nii is a 66 x 82 x 50 mm partial field of view: not registrable, and not the point here
+    # nibabel's anatomical.nii is a 66 x 82 x 50 mm partial field of view and functional.nii three 8 mm slices (both
+    # in MNI space already): not registrable, and not the point here
     parser.update(
-        {**BUNDLE_OVERRIDES, "fmri_sequence": sequence, "augment": True, "device": "cpu", "mri_registration": "none"}
+        {
+            **BUNDLE_OVERRIDES,
+            "fmri_sequence": sequence,
+            "augment": True,
+            "device": "cpu",
+            "mri_registration": "none",
+            "fmri_registration": "none",
+        }
     )
     keys = parser.get_parsed_content("data_keys")
     item = {keys["fmri"]: str(FUNCTIONAL), "tr": 2.0, keys.get("mri", "mri"): str(ANATOMICAL)}
@@ -433,7 +442,8 @@ def test_bundle_chain_feeds_its_network_in_every_sequence_mode(bundle, config, c
 
 
 def test_roi_command_writes_the_raw_means_nilearn_gives(tmp_path, capsys):
-    assert main(["roi", str(FUNCTIONAL), "--out", str(tmp_path / "s.tsv"), "--empty", "drop"]) == 0
+    argv = ["roi", str(FUNCTIONAL), "--out", str(tmp_path / "s.tsv"), "--empty", "drop", "--registration", "none"]
+    assert main(argv) == 0
     table = pd.read_csv(tmp_path / "s.tsv", sep="\t")
     reference, labels = nilearn_means(load_atlas("AAL").image, str(FUNCTIONAL))
     atlas = load_atlas("AAL")
@@ -446,6 +456,7 @@ def test_roi_command_cleans_with_confounds_when_asked(tmp_path):
     confounds = write_confounds(tmp_path / "confounds.tsv", 20)
     out = tmp_path / "clean.npy"
     argv = ["roi", str(FUNCTIONAL), "--out", str(out), "--empty", "drop", "--detrend", "--standardize"]
+    argv += ["--registration", "none"]
     assert main([*argv, "--confounds", str(confounds), "--confound-columns", "csf", "trans_x*"]) == 0
     raw = ROISignals("AAL", empty="drop")(load(str(FUNCTIONAL))).numpy()
     regressors = load_confounds(confounds, ["csf", "trans_x*"])

@@ -116,6 +116,29 @@ def test_bold_is_4d_with_n_volumes_and_tr_in_header_and_sidecar(cohort):
     assert sidecar["RepetitionTime"] == TINY.tr and sidecar["TaskName"] == "rest"
 
 
+def test_bold_lies_on_a_scanner_grid_in_the_pose_the_truth_records(cohort):
+    from nilearn.datasets import load_mni152_brain_mask
+
+    from pipeline.synth.anatomy import output_grid, resample_nearest
+    from pipeline.synth.functional import planted_bold_to_subject
+
+    truth = {r["participant_id"]: r for r in _read_csv(cohort / "synth_truth.tsv", delimiter="\t")}
+    template = load_mni152_brain_mask(resolution=1)
+    for sid in PAIRED[:3]:
+        row = {key: float(value) for key, value in truth[sid].items() if key[-2:-1] == "_" and key[-1].isdigit()}
+        moved = [row[f"bold_rotation_deg_{i}"] - row[f"rotation_deg_{i}"] for i in range(3)]
+        assert 0 < max(map(abs, moved)) <= 2.0  # the T1's pose plus a small motion between the runs
+        img = nib.load(str(cohort / sid / "func" / f"{sid}_task-rest_bold.nii.gz"))
+        assert img.shape[:3] != output_grid(TINY.fmri_voxel_mm)[0]  # not the template's grid
+        brain = np.asarray(img.dataobj).mean(axis=-1) > 100  # background noise is below 3
+        planted = np.linalg.inv(planted_bold_to_subject(row)) @ img.affine  # run voxels -> template mm
+        dice = {}
+        for name, affine in (("planted", planted), ("as stored", img.affine)):
+            mask = resample_nearest(np.asarray(template.dataobj), template.affine, img.shape[:3], affine) > 0
+            dice[name] = 2 * (mask & brain).sum() / (mask.sum() + brain.sum())
+        assert dice["planted"] > 0.9 and dice["planted"] > dice["as stored"] + 0.03, dice
+
+
 def test_manifest_paths_are_relative_and_resolve_to_files(cohort):
     rows = _read_csv(cohort / "manifest.csv")
     assert tuple(rows[0]) == MANIFEST_COLUMNS

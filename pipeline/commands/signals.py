@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import argparse
+import os
 
 
 def _cleaned(signals, args: argparse.Namespace):
@@ -23,9 +24,11 @@ def cmd_roi(args: argparse.Namespace) -> int:
 
     from pipeline.io import atomic_path, atomic_write_text
     from pipeline.transforms import CheckImageFile, CheckImageValues, ROISignals
+    from pipeline.transforms.fmri_registration import RegisterBOLD
 
+    register = RegisterBOLD(args.registration, cache_dir=args.registration_cache or None)
     run = LoadImage(image_only=True, dtype=np.float32)(CheckImageFile("fmri")(args.bold))
-    signals = ROISignals(args.atlas, empty=args.empty)(CheckImageValues("fmri")(run))
+    signals = ROISignals(args.atlas, empty=args.empty)(register(CheckImageValues("fmri")(run)))
     if args.detrend or args.standardize or args.high_pass or args.low_pass or args.confounds:
         signals = _cleaned(signals, args)
     values = np.asarray(signals)
@@ -48,6 +51,9 @@ def register(sub) -> None:
         help="ROI time series of one BOLD run",
         description="Mean BOLD signal per atlas region of one 4D run (the atlas resampled, nearest neighbour, onto "
         "the run's grid; the same values as nilearn's NiftiLabelsMasker(strategy='mean', resampling_target='data')). "
+        "As in the bundles (fmri_registration), a run not already in MNI space is first given its transform to the "
+        "MNI152 template (its mean EPI registered affinely with ANTs; the run itself is not resampled); "
+        "--registration none takes the run's own affine as MNI coordinates. "
         "Without cleaning options the raw means are written; --detrend, --confounds, --high-pass/--low-pass and "
         "--standardize clean them with nilearn.signal.clean. TSV: one row per volume, one column per ROI named after "
         "its region (roi_<label> when the atlas has no region table), in ascending label order; or .npy [R, T].",
@@ -61,6 +67,18 @@ def register(sub) -> None:
         default="zero",
         help="regions with no voxel in the run's field of view: all-zero column (default), dropped (as nilearn), "
         "or an error",
+    )
+    p.add_argument(
+        "--registration",
+        choices=("auto", "none"),
+        default="auto",
+        help="auto (default): register the run's mean EPI to MNI152 unless its file name says space-MNI... "
+        "(fMRIPrep); none: the run is in MNI space already",
+    )
+    p.add_argument(
+        "--registration-cache",
+        default=os.environ.get("NEUROFUSION_REGISTRATION_CACHE"),
+        help="folder caching registrations (default: $NEUROFUSION_REGISTRATION_CACHE, as the bundles)",
     )
     p.add_argument("--detrend", action="store_true", help="remove linear trends")
     p.add_argument("--confounds", help="confounds TSV to regress out (e.g. fMRIPrep desc-confounds_timeseries.tsv)")

@@ -55,6 +55,7 @@ BUNDLE_KEY_TYPES: dict[str, tuple[Callable[[Any], bool], str]] = {
     "mri_registration_min_similarity": (lambda v: _number(v, -1.0, 1.0), "a number from -1 to 1"),
     "mri_brain_mask": _SWITCH,
     "fmri_timepoints": _POSITIVE_INT,
+    "fmri_registration": (lambda v: v in ("auto", "none"), "auto or none"),
     "val_interval": _POSITIVE_INT,
     "early_stop_patience": _COUNT,
     "augment": _SWITCH,

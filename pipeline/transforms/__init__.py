@@ -33,6 +33,7 @@ from pipeline.transforms.fmri import (
     load_confounds,
     resolve_tr,
 )
+from pipeline.transforms.fmri_registration import RegisterBOLD, RegisterBOLDd
 from pipeline.transforms.mri import DEFAULT_MRI_AUGMENTATION, mri_steps, mri_transforms, resample_overrides
 
 
@@ -82,6 +83,8 @@ __all__ = [
     "DEFAULT_MRI_AUGMENTATION",
     "ROISignals",
     "ROISignalsd",
+    "RegisterBOLD",
+    "RegisterBOLDd",
     "RandDrift",
     "RandDriftd",
     "RandROIDropout",

@@ -52,6 +52,7 @@ from scipy import sparse
 from pipeline.atlas import Atlas, load_atlas
 from pipeline.networks.fmri_rnn import SEQUENCES
 from pipeline.transforms.checks import CheckImageFiled, CheckImageValuesd
+from pipeline.transforms.fmri_registration import FMRI_REGISTRATION_MODES, RegisterBOLDd
 from pipeline.transforms.settings import merge_settings
 
 logger = logging.getLogger(__name__)
@@ -733,16 +734,20 @@ DEFAULT_FMRI_AUGMENTATION: dict[str, dict] = {
 }
 
 
-def _sequence_source(keys, sequence: str, atlas: str, volume_size: Sequence[int], volume_pixdim) -> list:
-    """Check and load the run (:mod:`pipeline.transforms.checks`) and turn it into the mode's series: ROI means, or
-    downsampled RAS frames ``[X, Y, Z, T]``."""
+def _sequence_source(
+    keys, sequence: str, atlas: str, volume_size: Sequence[int], volume_pixdim, registration: str, options: Mapping
+) -> list:
+    """Check and load the run (:mod:`pipeline.transforms.checks`) and turn it into the mode's series: ROI means (the
+    run first given its transform to MNI152 unless ``registration`` is ``"none"``), or downsampled RAS frames
+    ``[X, Y, Z, T]``."""
     load = [
         CheckImageFiled(keys=keys, kind="fmri"),
         LoadImaged(keys=keys, image_only=True, dtype=np.float32),
         CheckImageValuesd(keys=keys, kind="fmri"),
     ]
     if sequence != "volume":
-        return [*load, ROISignalsd(keys=keys, atlas=atlas)]
+        register = [] if registration == "none" else [RegisterBOLDd(keys=keys, mode=registration, **options)]
+        return [*load, *register, ROISignalsd(keys=keys, atlas=atlas)]
     return [
         *load,
         EnsureChannelFirstd(keys=keys, channel_dim=-1),  # time as channels: the spatial steps move every frame alike
@@ -783,9 +788,17 @@ def fmri_steps(
     dfc_step: int = 5,
     volume_size: Sequence[int] = (16, 20, 16),
     volume_pixdim: Sequence[float] = (10.0, 10.0, 10.0),
+    registration: str = "auto",
+    registration_options: Mapping | None = None,
 ) -> tuple[list, list]:
-    """The fMRI chain as (deterministic steps, random steps): load 4D run -> sequence (ROI means or frames) ->
-    clean (detrend, confounds, band-pass, z-score) -> common TR -> fixed length (-> augmentation) (-> dFC).
+    """The fMRI chain as (deterministic steps, random steps): load 4D run (-> its transform to MNI152) -> sequence
+    (ROI means or frames) -> clean (detrend, confounds, band-pass, z-score) -> common TR -> fixed length
+    (-> augmentation) (-> dFC).
+
+    In the atlas modes (``roi``, ``dfc``) a run not already in MNI space is given its transform to the MNI152
+    template first (:class:`~pipeline.transforms.fmri_registration.RegisterBOLDd`: its mean EPI registered affinely,
+    the run's affine replaced, the 4D run not resampled), so the atlas is taken at the right place in the run's own
+    grid. ``volume`` frames stay in the run's own space.
 
     The time window is centred unless training with augmentation, where a random window
     (``RandTemporalCropd``) is one of the augmentations: a run with augmentation off is deterministic end to end.
@@ -808,11 +821,18 @@ def fmri_steps(
         dfc_window, dfc_step: sliding window length and step in time points (``dfc`` mode).
         volume_size: frame grid in voxels (``volume`` mode).
         volume_pixdim: frame voxel size in mm (``volume`` mode; frames are resampled bilinearly).
+        registration: ``"auto"`` (register every run but fMRIPrep ``space-MNI...`` files) or ``"none"`` (the bundle
+            key ``fmri_registration``; atlas modes).
+        registration_options: arguments of :class:`~pipeline.transforms.fmri_registration.RegisterBOLD`
+            (``level_mm``, ``min_similarity``, ``seed``, ``cache_dir``).
     """
     if sequence not in SEQUENCES:
         raise ValueError(f"fmri sequence must be one of {', '.join(SEQUENCES)}, got {sequence!r}")
+    if registration not in FMRI_REGISTRATION_MODES:
+        raise ValueError(f"fmri_registration must be one of {list(FMRI_REGISTRATION_MODES)}, got {registration!r}")
     settings = merge_settings(DEFAULT_FMRI_AUGMENTATION, augmentation, "fMRI")
-    deterministic = _sequence_source(keys, sequence, atlas, volume_size, volume_pixdim)
+    options = dict(registration_options or {})
+    deterministic = _sequence_source(keys, sequence, atlas, volume_size, volume_pixdim, registration, options)
     deterministic.append(
         TemporalCleand(
             keys=keys,
