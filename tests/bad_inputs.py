@@ -124,7 +124,7 @@ def _image_cases() -> list[ImageCase]:
         ImageCase("bold-truncated", "fmri", "fmri file is truncated", lambda p: _truncated(p, bold)),
         ImageCase("bold-not-nifti", "fmri", "fmri file is not a readable NIfTI", lambda p: _text(p, "<html></html>")),
         ImageCase("bold-empty", "fmri", "fmri file is empty", lambda p: _text(p, "")),
-        ImageCase("bold-is-3d", "fmri", "fmri must be a 4D BOLD run, got shape (20, 24, 20)", t1),
+        ImageCase("bold-is-3d", "fmri", "fmri must be a 4D BOLD run, got shape (30, 36, 30)", t1),
         ImageCase(
             "bold-absurd-grid",
             "fmri",

@@ -15,6 +15,7 @@ import torch
 
 from pipeline.atlas import load_atlas
 from pipeline.bench.infer import untrained_weights
+from pipeline.bench.registration import planted_template_to_subject
 from pipeline.cli import main
 from pipeline.engine.workflow import run_bundle
 from pipeline.inference import InferenceBundle, Predictor, Subject, explain
@@ -104,9 +105,24 @@ def random_regions(reference: nib.Nifti1Image, size: int, count: int, seed: int 
     raise AssertionError(f"fewer than {count} random regions of {size} voxels")
 
 
+def twin_anatomy(reference: nib.Nifti1Image, pair: int = 0) -> nib.Nifti1Image:
+    """``reference`` with its grid placed in template space through the twin's planted pose (rotation, shift, head
+    size): the atlas regions then fall where the synthesis put them in this subject's head."""
+    params = sample_structural(np.random.default_rng(pair), 0.0, 1.0, "site01")
+    truth = {
+        f"{key}_{i}": value[i]
+        for key in ("rotation_deg", "translation_mm", "head_scale")
+        for i in range(3)
+        for value in [getattr(params, key)]
+    }
+    affine = np.linalg.inv(planted_template_to_subject(truth)) @ reference.affine
+    return nib.Nifti1Image(np.zeros(reference.shape[:3], np.uint8), affine)
+
+
 def atrophy_criterion(saliency: np.ndarray, reference: nib.Nifti1Image) -> tuple[float, float]:
     """(saliency mass in the atrophied regions, 90th percentile of its mass in 20 random brain regions of the same
-    size)."""
+    size), the regions in the held-out twin's own anatomy."""
+    reference = twin_anatomy(reference)
     atrophied = atrophy_mask(reference)
     masses = [saliency[region].sum() for region in random_regions(reference, int(atrophied.sum()), 20)]
     return float(saliency[atrophied].sum()), float(np.percentile(masses, 90))
