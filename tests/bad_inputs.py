@@ -232,7 +232,8 @@ class Corpus:
     def __init__(self, folder: Path) -> None:
         self.folder = Path(folder).resolve()
         self.t1 = write_t1(self.folder / "good_T1w.nii.gz")
-        self.bold = write_bold(self.folder / "good_bold.nii.gz")
+        # noise on a 16 mm grid, named as a run already in MNI space (fMRIPrep): registration skips it
+        self.bold = write_bold(self.folder / "good_space-MNI152NLin2009cAsym_bold.nii.gz")
 
     def image(self, name: str) -> Path:
         """The broken scan of image case ``name`` (written; for ``*-missing`` a path where nothing is)."""

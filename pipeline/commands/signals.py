@@ -6,15 +6,18 @@ import argparse
 import os
 
 
-def _cleaned(signals, args: argparse.Namespace):
-    """The ROI series cleaned as the flags ask (detrend, confounds, band-pass, z-score), metadata kept."""
+def _cleaning(args: argparse.Namespace):
+    """The cleaning the flags ask for (detrend, confounds, band-pass, z-score) as a function of the ROI series
+    (metadata kept), or None; the TR and the confounds are read here, before the run is registered."""
     from pipeline.transforms import DEFAULT_CONFOUNDS, TemporalClean, load_confounds, resolve_tr
 
+    if not (args.detrend or args.standardize or args.high_pass or args.low_pass or args.confounds):
+        return None
     tr = resolve_tr(args.bold, args.tr, given_by="--tr") if (args.high_pass or args.low_pass) else None
     columns = args.confound_columns or DEFAULT_CONFOUNDS
     confounds = load_confounds(args.confounds, columns) if args.confounds else None
     clean = TemporalClean(args.detrend, args.high_pass, args.low_pass, "zscore_sample" if args.standardize else None)
-    return clean(signals, tr=tr, confounds=confounds)
+    return lambda signals: clean(signals, tr=tr, confounds=confounds)
 
 
 def cmd_roi(args: argparse.Namespace) -> int:
@@ -27,10 +30,11 @@ def cmd_roi(args: argparse.Namespace) -> int:
     from pipeline.transforms.fmri_registration import RegisterBOLD
 
     register = RegisterBOLD(args.registration, cache_dir=args.registration_cache or None)
-    run = LoadImage(image_only=True, dtype=np.float32)(CheckImageFile("fmri")(args.bold))
-    signals = ROISignals(args.atlas, empty=args.empty)(register(CheckImageValues("fmri")(run)))
-    if args.detrend or args.standardize or args.high_pass or args.low_pass or args.confounds:
-        signals = _cleaned(signals, args)
+    run = CheckImageValues("fmri")(LoadImage(image_only=True, dtype=np.float32)(CheckImageFile("fmri")(args.bold)))
+    clean = _cleaning(args)
+    signals = ROISignals(args.atlas, empty=args.empty)(register(run))
+    if clean:
+        signals = clean(signals)
     values = np.asarray(signals)
     if args.out.endswith(".npy"):
         with atomic_path(args.out) as tmp, open(tmp, "wb") as handle:

@@ -210,7 +210,7 @@ class RegisterBOLD(Transform):
 
     def __call__(self, run: MetaTensor) -> MetaTensor:
         source = str(run.meta.get("filename_or_obj") or "the BOLD run")
-        if self.skips(source):
+        if self.skips(source) or run.ndim != 4:  # not 4D: ROISignals names the problem
             return run
         affine = np.asarray(run.affine, dtype=np.float64)
         found = self.registration(mean_epi(run), affine)
