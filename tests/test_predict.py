@@ -23,7 +23,7 @@ from pipeline.commands.predict import parse_overrides
 from pipeline.engine.workflow import run_bundle
 from pipeline.inference import InferenceBundle
 from pipeline.inference.outputs import staged
-from pipeline.inference.predict import folder_sha256
+from pipeline.inference.predict import EMPTY_SALIENCY, folder_sha256
 from pipeline.inference.report import RESEARCH_ONLY
 from tests.conftest import REPO, TINY_OVERRIDES
 
@@ -139,6 +139,27 @@ def test_prediction_json_records_probabilities_model_weights_inputs_qc_and_timin
     assert record["qc"]["passed"] and {f["status"] for f in record["qc"]["findings"]} <= {"pass", "warn"}
     assert record["timings_seconds"]["predict"] > 0
     assert record["research_use_only"] == RESEARCH_ONLY
+
+
+def test_prediction_records_how_the_t1_was_registered_and_its_similarity_is_a_qc_finding(batch):
+    name, _, out = batch
+    record = json.loads((out / "sub-001" / "prediction.json").read_text())
+    if "mri" not in MODALITIES[name]:
+        assert record["registration"] is None
+        return
+    assert record["registration"]["method"] == "affine" and record["registration"]["similarity"] > 0.5
+    (finding,) = [f for f in record["qc"]["findings"] if f["check"] == "registration similarity"]
+    assert float(finding["value"]) == pytest.approx(record["registration"]["similarity"])
+
+
+def test_a_t1_that_does_not_register_is_refused_by_qc_in_one_line_naming_it(trained_bundles, tmp_path, capsys):
+    from tests.test_registration import ellipsoid_phantom
+
+    phantom = ellipsoid_phantom(tmp_path)
+    out = tmp_path / "out"
+    assert predict(trained_bundles["mri_cnn3d"], "--mri", str(phantom), "--out", str(out)) == 1
+    assert f"{phantom}: refused by QC: registration to the MNI152 template failed" in one_line_error(capsys)
+    assert not out.exists() or not any(out.rglob("*.json"))
 
 
 def test_saliency_map_is_in_the_input_mri_space(batch, subjects):
@@ -288,8 +309,11 @@ def test_each_saliency_method_maps_the_input_mri_space_in_0_1_and_is_named_in_th
     assert saliency.shape == reference.shape
     np.testing.assert_allclose(saliency.affine, reference.affine, atol=1e-4)
     values = saliency.get_fdata()
-    assert np.isfinite(values).all() and values.min() >= 0 and 0 < values.max() <= 1 + 1e-6
+    assert np.isfinite(values).all() and values.min() >= 0 and values.max() <= 1 + 1e-6
     record = json.loads((out / "sub-001" / "prediction.json").read_text())
+    # Grad-CAM keeps positive evidence only: a briefly trained network may have none, which must be said
+    empty = [w for w in record["warnings"] if w.startswith(EMPTY_SALIENCY)]
+    assert (values.max() > 0) != bool(empty)
     assert record["saliency_method"] == method
     assert f"Saliency method <code>{method}</code>" in (out / "sub-001" / "report.html").read_text()
 

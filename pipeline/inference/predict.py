@@ -40,9 +40,11 @@ from pipeline.inference.qc import (
 from pipeline.io import atomic_path, atomic_write_json, atomic_write_text
 from pipeline.transforms.checks import CheckImageFiled, CheckImageValuesd
 from pipeline.transforms.fmri import resolve_tr
+from pipeline.transforms.fmri_registration import BOLDRegistrationError
 from pipeline.transforms.registration import SIMILARITY, RegistrationError, subject_affine
 
 CONVERTED_MRI = "mri_from_dicom.nii.gz"
+EMPTY_SALIENCY = "MRI saliency map is empty: no positive evidence for the predicted class"
 MISSING_FMRI = "fMRI missing: MRI-only prediction of the fused model (--allow-missing-fmri)"
 
 
@@ -227,6 +229,8 @@ class Predictor:
             rois = self._roi_importance(model_input, used, predicted)
         with timer("hash"):
             record = self._record(subject, item, used, findings, probabilities, rois)
+        if saliency is not None and not saliency[0].any():
+            record["warnings"].append(f"{EMPTY_SALIENCY} ({self.bundle.saliency_method})")
         figure = self._write_saliency(folder, record, saliency, timer)
         record["timings_seconds"] = {k: round(v, 4) for k, v in timer.seconds.items()}
         atomic_write_text(folder / "report.html", report.render(record, figure))
@@ -266,8 +270,9 @@ class Predictor:
             failure = RegistrationError.within(err)
             if failure is None:
                 raise
-            limit = "qc#mri#min_registration_similarity / mri_registration_min_similarity"
-            raise QCError(f"{sources['mri']}: refused by QC: {failure.reason} ({limit})") from None
+            modality = "fmri" if isinstance(failure, BOLDRegistrationError) else "mri"
+            limit = "" if modality == "fmri" else " (mri_registration_min_similarity)"
+            raise QCError(f"{sources[modality]}: refused by QC: {failure.reason}{limit}") from None
 
     def _registration_checks(self, with_meta: dict, used: list[str]) -> list[Finding]:
         if "mri" not in used:
