@@ -1,9 +1,10 @@
 """``neurofusion bench mri``: the MRI chain's one lazy resample against MONAI's eager chain, cached against uncached
 epochs, and the memory a cache takes for a large MRI-only cohort.
 
-Eager and lazy run the same steps (:func:`~pipeline.transforms.mri_steps` with ``lazy`` False / True) on the same
-loaded scan (file decoding excluded) with the same random affine, so the ratio is the price of resampling at every
-spatial step. Epochs run the bundles' training chain, with and without augmentation, over a synthetic demo-resolution
+Eager and lazy run the same steps (:func:`~pipeline.transforms.mri_steps` with ``lazy`` False / True and
+``registration="none"``: a registered T1 is resampled once by construction) on the same loaded scan (file decoding
+excluded) with the same random affine, so the ratio is the price of resampling at every spatial step. Epochs run the
+bundles' training chain (registration included), with and without augmentation, over a synthetic demo-resolution
 cohort and over the timed T1s.
 Cache memory is measured in a fresh process per cache kind (peak resident set size above the process before caching).
 """
@@ -74,7 +75,7 @@ def _compare(path: Path, grid: dict, repeats: int) -> tuple[float, float, float,
     from pipeline.transforms import mri_transforms
 
     chains = {
-        lazy: mri_transforms(train=True, augment=True, augmentation=AFFINE_ONLY, lazy=lazy, **grid)
+        lazy: mri_transforms(train=True, augment=True, augmentation=AFFINE_ONLY, lazy=lazy, registration="none", **grid)
         for lazy in (False, True)
     }
     loaded = chains[True].transforms[0]({"image": str(path)})
