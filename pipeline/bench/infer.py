@@ -21,7 +21,7 @@ from pipeline.commands import CommandError
 
 describe = (
     "clinical-style inference of the fused bundle on a full-resolution subject (1 mm T1, 140-volume BOLD): warm "
-    "latency per stage and in total, bundle start-up apart (goal: at most 4 s on CPU, T1 and BOLD registration included)"
+    "latency per stage and in total, bundle start-up apart (goal: at most 4 s on CPU, both registrations included)"
 )
 GOAL_SECONDS = 4.0  # with both registrations (N4 + ANTs affine of the T1, the mean EPI to MNI152)
 
