@@ -116,12 +116,20 @@ def _epoch(dataset) -> None:
         dataset[index]
 
 
+def bundle_chain(augment: bool, registration_cache: str | Path):
+    """The bundles' MRI training chain with each T1's registration cached in ``registration_cache``, as a study
+    caches it: 'uncached' below means the chain's own cache is off, not that every epoch registers again."""
+    from pipeline.transforms import subject_transforms
+
+    options = {"registration_options": {"cache_dir": str(registration_cache)}}
+    return subject_transforms(["mri"], train=True, augment=augment, mri=options)
+
+
 def _epoch_times(data: list[dict], augment: bool, folder: Path, repeats: int) -> tuple[float, float, float]:
     """Seconds per subject of an uncached, in-memory-cached and disk-cached training epoch."""
     from pipeline.data import make_dataset
-    from pipeline.transforms import subject_transforms
 
-    chain = subject_transforms(["mri"], train=True, augment=augment)
+    chain = bundle_chain(augment, folder / "registration")
     uncached = best_time(lambda: _epoch(make_dataset(data, chain, cache_rate=0.0)), repeats)
     memory = make_dataset(data, chain, cache_rate=1.0)
     disk = make_dataset(data, chain, cache_dir=tempfile.mkdtemp(dir=folder))
@@ -150,14 +158,16 @@ def _memory_mib(field: str) -> float:
     return int(line.split()[1]) / 1024
 
 
-def cache_memory(files: list[str], n: int, cache_dir: str | None) -> tuple[float, float, float]:
+def cache_memory(
+    files: list[str], n: int, cache_dir: str | None, registration_cache: str
+) -> tuple[float, float, float]:
     """In a fresh process: (peak RSS above the warmed-up process's RSS in MiB, seconds, MiB on disk) of caching ``n``
-    subjects cycling over ``files`` with the bundles' training chain (an in-memory cache without ``cache_dir``)."""
+    subjects cycling over ``files`` with the bundles' training chain (an in-memory cache without ``cache_dir``; each
+    file registered once, into ``registration_cache``)."""
     warnings.filterwarnings("ignore")
     from pipeline.data import make_dataset
-    from pipeline.transforms import subject_transforms
 
-    chain = subject_transforms(["mri"], train=True, augment=True)
+    chain = bundle_chain(True, registration_cache)
     data = [{"image": files[i % len(files)], "subject_id": f"sub-{i:05d}"} for i in range(n)]
     make_dataset(data[:1], chain, cache_rate=0.0)[0]  # imports, allocator and template warm-up
     Path("/proc/self/clear_refs").write_text("5")  # peak resident size := resident size now
@@ -181,7 +191,7 @@ def _cache_memory_report(files: list[str], n: int, folder: Path, quick: bool) ->
     )
     for name, cache_dir, environment in kinds[:1] if quick else kinds:
         with _environment(environment), multiprocessing.get_context("spawn").Pool(1) as pool:
-            grown, seconds, disk = pool.apply(cache_memory, (files, n, cache_dir))
+            grown, seconds, disk = pool.apply(cache_memory, (files, n, cache_dir, str(folder / "registration")))
         on_disk = f", {disk:.0f} MiB on disk" if cache_dir else ""
         print(
             f"{name:38} peak RSS +{grown:6.0f} MiB = {grown * 1024 / n:5.0f} KiB/subject{on_disk} "
