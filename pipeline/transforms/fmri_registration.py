@@ -52,8 +52,10 @@ from pipeline.transforms.registration import (
     RegistrationCache,
     RegistrationError,
     Template,
-    _register,
+    cached,
+    check_settings,
     mni_template,
+    register_affine,
     to_ants,
 )
 
@@ -146,13 +148,11 @@ def register_bold(mean: np.ndarray, affine: np.ndarray, level_mm: float = 4.0, s
     """
     import ants  # after pipeline.transforms.registration, which asks ITK for one thread before ANTs loads
 
-    if seed < 1:
-        raise ValueError(f"ANTs registration seed must be >= 1 (0 seeds from the clock), got {seed}")
     template = mni_template(float(level_mm))
     moving = to_ants(mean, affine)
     if min(moving.spacing) < level_mm:
         moving = ants.resample_image(moving, (level_mm,) * 3, use_voxels=False, interp_type=0)
-    result = _register(moving, template.image, seed)
+    result = register_affine(moving, template.image, seed)
     return Registration(result["matrix"], None, np.eye(4), brain_similarity(template, result["warpedmovout"]))
 
 
@@ -183,10 +183,7 @@ class RegisterBOLD(Transform):
     ) -> None:
         if mode not in FMRI_REGISTRATION_MODES:
             raise ValueError(f"fmri_registration must be one of {list(FMRI_REGISTRATION_MODES)}, got {mode!r}")
-        if level_mm <= 0:
-            raise ValueError(f"registration level_mm must be positive, got {level_mm}")
-        if seed < 1:
-            raise ValueError(f"ANTs registration seed must be >= 1 (0 seeds from the clock), got {seed}")
+        check_settings(level_mm, seed)
         self.mode = mode
         self.settings = {"level_mm": float(level_mm), "seed": int(seed)}
         self.min_similarity = float(min_similarity)
@@ -198,13 +195,8 @@ class RegisterBOLD(Transform):
 
     def registration(self, mean: np.ndarray, affine: np.ndarray) -> Registration:
         """The mean EPI's registration, from the cache when it holds it."""
-        key = self.cache.key(mean, affine, {"modality": "bold", **self.settings}) if self.cache else None
-        found = self.cache.get(key) if self.cache else None
-        if found is None:
-            found = register_bold(mean, affine, **self.settings)
-            if self.cache:
-                self.cache.put(key, found)
-        return found
+        settings = {"modality": "bold", **self.settings}
+        return cached(self.cache, mean, affine, settings, lambda: register_bold(mean, affine, **self.settings))
 
     def check(self, found: Registration, source: str) -> None:
         """Refuse a failed registration (:class:`BOLDRegistrationError`): low similarity or implausible head scale."""

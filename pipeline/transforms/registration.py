@@ -206,8 +206,18 @@ def _similarity(template: Template, warped: ants.ANTsImage) -> float:
     return float(np.corrcoef(fixed, moving)[0, 1])
 
 
-def _register(moving: ants.ANTsImage, fixed: ants.ANTsImage, seed: int) -> dict:
-    """``ants.registration`` (Affine) with a fixed seed, its transform files removed afterwards."""
+def check_settings(level_mm: float, seed: int) -> None:
+    """Refuse a registration level that is not positive and an ANTs seed below 1 (ANTs reads 0 as "from the clock")."""
+    if level_mm <= 0:
+        raise ValueError(f"registration level_mm must be positive, got {level_mm}")
+    if seed < 1:
+        raise ValueError(f"ANTs registration seed must be >= 1 (0 seeds from the clock), got {seed}")
+
+
+def register_affine(moving: ants.ANTsImage, fixed: ants.ANTsImage, seed: int) -> dict:
+    """``ants.registration`` (Affine) with a fixed seed, its transform files removed afterwards; ``matrix`` added
+    (template mm -> subject mm, RAS)."""
+    check_settings(1.0, seed)
     previous = ants.config._random_seed  # ANTsPy's public setter also reseeds numpy's and Python's global RNGs
     ants.config._random_seed = seed
     try:
@@ -231,8 +241,6 @@ def register_t1(
         bias_correction: run N4 (ANTs) before registering.
         seed: ANTs' random seed (metric sampling), at least 1: ANTs reads 0 as "seed from the clock".
     """
-    if seed < 1:
-        raise ValueError(f"ANTs registration seed must be >= 1 (0 seeds from the clock), got {seed}")
     template = mni_template(float(level_mm))
     moving = to_ants(array, affine)
     if not np.allclose(moving.spacing, level_mm):  # coarser scans too: ANTs' pyramid shrinks the grid up to 6x
@@ -244,9 +252,22 @@ def register_t1(
         field = ants.n4_bias_field_correction(moving, mask=mask, shrink_factor=shrink, return_bias_field=True)
         bias = field.numpy()
         moving = moving / field
-    result = _register(moving, template.image, seed)
+    result = register_affine(moving, template.image, seed)
     similarity = _similarity(template, result["warpedmovout"])
     return Registration(result["matrix"], bias, ras_affine(moving), similarity)
+
+
+def cached(cache: RegistrationCache | None, array: np.ndarray, affine: np.ndarray, settings: Mapping, compute):
+    """``compute()``'s registration of ``(array, affine)`` with ``settings``, read from ``cache`` when it holds it and
+    stored there otherwise (no cache: computed)."""
+    if cache is None:
+        return compute()
+    key = cache.key(array, affine, settings)
+    found = cache.get(key)
+    if found is None:
+        found = compute()
+        cache.put(key, found)
+    return found
 
 
 class RegistrationCache:
@@ -337,10 +358,7 @@ class RegisterToTemplate(Transform):
         seed: int = 1,
         cache_dir: str | Path | None = None,
     ) -> None:
-        if level_mm <= 0:
-            raise ValueError(f"registration level_mm must be positive, got {level_mm}")
-        if seed < 1:
-            raise ValueError(f"ANTs registration seed must be >= 1 (0 seeds from the clock), got {seed}")
+        check_settings(level_mm, seed)
         self.spatial_size = tuple(int(s) for s in spatial_size)
         self.pixdim = tuple(float(p) for p in pixdim)
         self.settings = {"level_mm": float(level_mm), "bias_correction": bool(bias_correction), "seed": int(seed)}
@@ -350,13 +368,7 @@ class RegisterToTemplate(Transform):
 
     def registration(self, array: np.ndarray, affine: np.ndarray) -> Registration:
         """The scan's registration, from the cache when it holds it."""
-        key = self.cache.key(array, affine, self.settings) if self.cache else None
-        found = self.cache.get(key) if self.cache else None
-        if found is None:
-            found = register_t1(array, affine, **self.settings)
-            if self.cache:
-                self.cache.put(key, found)
-        return found
+        return cached(self.cache, array, affine, self.settings, lambda: register_t1(array, affine, **self.settings))
 
     def __call__(self, image: MetaTensor) -> MetaTensor:
         source = image.meta.get("filename_or_obj", "the T1")
@@ -464,8 +476,11 @@ __all__ = [
     "RegistrationCache",
     "RegistrationError",
     "brain_on_grid",
+    "cached",
+    "check_settings",
     "mni_template",
     "register_files",
+    "register_affine",
     "register_t1",
     "subject_affine",
     "template_grid",
