@@ -54,6 +54,12 @@ def test_all_zero_differences_give_p_one():
     assert result["p"] == 1.0 and result["mean_diff"] == 0.0
 
 
+def test_identical_nonzero_differences_give_no_p_value_rather_than_an_infinite_t():
+    result = corrected_ttest([0.1, 0.1], 0.25)
+    assert result["mean_diff"] == pytest.approx(0.1)
+    assert math.isnan(result["t"]) and math.isnan(result["p"]) and math.isnan(result["ci_low"])
+
+
 def test_a_single_split_gives_no_test():
     result = corrected_ttest([0.1], 0.25)
     assert math.isnan(result["p"]) and result["df"] == 0

@@ -191,7 +191,7 @@ def compare(results: pd.DataFrame, plan: pd.DataFrame, references: Sequence = ()
         for metric in METRICS:
             a, b = splits[f"{metric}_a"], splits[f"{metric}_b"]
             test = corrected_ttest(a - b, ratio)
-            note = "" if test["df"] else f"only {len(splits)} paired split(s) finished, 2 needed"
+            note = _test_note(test, len(splits))
             rows.append(
                 {
                     "cohort": comparison.cohort,
@@ -212,6 +212,15 @@ def compare(results: pd.DataFrame, plan: pd.DataFrame, references: Sequence = ()
                 }
             )
     return pd.DataFrame(rows, columns=list(COMPARISON_COLUMNS))
+
+
+def _test_note(test: dict, n_splits: int) -> str:
+    """Why a comparison has no p-value ("" when it has one)."""
+    if not test["df"]:
+        return f"only {n_splits} paired split(s) finished, 2 needed"
+    if not np.isfinite(test["p"]):
+        return f"the difference was {test['mean_diff']:+.3f} in all {n_splits} paired splits: no spread, so no p-value"
+    return ""
 
 
 def ceiling_share(summary: pd.DataFrame, plan: pd.DataFrame, chance: pd.DataFrame) -> pd.DataFrame:

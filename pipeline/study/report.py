@@ -127,7 +127,7 @@ def answer(rows: pd.DataFrame, chance: pd.DataFrame) -> str:
 def _answer_sentence(row, n_subjects: int) -> str:
     where = f"{row.model_a} on cohort {row.cohort} ({n_subjects} subjects)"
     if row.note:
-        return f"Not answered yet for {where}: {row.note}."
+        return f"Not answered for {where}: {row.note}."
     metric = METRIC_LABELS[PRIMARY].lower()
     evidence = (
         f"(95% CI {_num(row.ci_low, True)} to {_num(row.ci_high, True)}; corrected p = {_p(row.p)}; "

@@ -83,10 +83,12 @@ def corrected_ttest(differences: Sequence[float], test_train_ratio: float, confi
         return {**dict.fromkeys(keys, np.nan), "df": max(len(values) - 1, 0)}
     mean, se = _mean_and_se(values, test_train_ratio)
     sd = values.std(ddof=1)
-    # identical differences: no evidence of a difference if all are zero, otherwise an infinite t
-    t = mean / se if se > 0 else (0.0 if mean == 0 else float(np.copysign(np.inf, mean)))
-    low, high = t_interval(values, confidence, test_train_ratio)
-    values_out = (mean, low, high, t, float(2 * stats.t.sf(abs(t), len(values) - 1)), mean / sd if sd > 0 else np.nan)
+    # identical differences: no evidence of a difference if all are zero; otherwise the spread is unknown (a few
+    # splits that happen to agree), not zero, so there is no t and no p rather than an infinite t and p = 0
+    t = mean / se if se > 0 else (0.0 if mean == 0 else np.nan)
+    p = float(2 * stats.t.sf(abs(t), len(values) - 1)) if np.isfinite(t) else np.nan
+    low, high = t_interval(values, confidence, test_train_ratio) if np.isfinite(t) else (np.nan, np.nan)
+    values_out = (mean, low, high, t, p, mean / sd if sd > 0 else np.nan)
     return {**dict(zip(keys, values_out)), "df": len(values) - 1}
 
 
