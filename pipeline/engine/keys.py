@@ -29,6 +29,19 @@ def _triple(test: Callable[[Any], bool]) -> Callable[[Any], bool]:
     return lambda value: isinstance(value, (list, tuple)) and len(value) == 3 and all(test(v) for v in value)
 
 
+def _encoder_weights(value: Any) -> bool:
+    """Null, or a checkpoint holding an MRI encoder (:func:`pipeline.networks.pretrained.encoder_state`)."""
+    from pipeline.networks.pretrained import EncoderWeightsError, encoder_state, weights_path
+
+    if value is not None and not isinstance(value, (str, bytes)) and not hasattr(value, "__fspath__"):
+        return False
+    path = weights_path(value)
+    try:
+        return path is None or bool(encoder_state(path))
+    except EncoderWeightsError:
+        return False
+
+
 def _switch(value: Any) -> bool:
     return isinstance(value, bool) or value in (0, 1) or (isinstance(value, str) and value.lower() in _SWITCH_TEXT)
 
@@ -63,6 +76,11 @@ BUNDLE_KEY_TYPES: dict[str, tuple[Callable[[Any], bool], str]] = {
     "amp": _SWITCH,
     "progress": _SWITCH,
     "tensorboard": _SWITCH,
+    "mri_encoder_weights": (
+        _encoder_weights,
+        "null or an existing model.pt of mri_cnn3d or mri_fmri_fusion (a PyTorch checkpoint with an MRI encoder)",
+    ),
+    "mri_encoder_freeze": _SWITCH,
 }
 
 

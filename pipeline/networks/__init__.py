@@ -6,14 +6,17 @@ from pipeline.networks.fmri_rnn import SEQUENCES, FMRIClassifier, FMRIEncoder, s
 from pipeline.networks.fmri_volume import FrameEncoder3D
 from pipeline.networks.fusion import FusionClassifier
 from pipeline.networks.mri_cnn import MRIClassifier, MRIEncoder3D
+from pipeline.networks.pretrained import EncoderWeightsError, load_mri_encoder
 
 __all__ = [
     "SEQUENCES",
+    "EncoderWeightsError",
     "FMRIClassifier",
     "FMRIEncoder",
     "FrameEncoder3D",
     "FusionClassifier",
     "MRIClassifier",
     "MRIEncoder3D",
+    "load_mri_encoder",
     "sequence_encoder",
 ]

@@ -58,8 +58,23 @@ class MRIEncoder3D(nn.Module):
         self.project = nn.Sequential(nn.Flatten(), nn.Dropout(dropout), nn.Linear(previous, embed_dim), nn.ReLU())
         self.embed_dim = embed_dim
         self.channels_last = channels_last
+        self.frozen = False
         if channels_last:
             self.to(memory_format=torch.channels_last_3d)
+
+    def freeze(self) -> MRIEncoder3D:
+        """Fix the encoder as it is: no gradients, and evaluation mode even while the network around it trains.
+
+        Without the second part a batch norm would still normalise by batch statistics and update its running ones
+        at every training step, and dropout would stay on: a frozen encoder changes nothing at all.
+        """
+        self.requires_grad_(False)
+        self.frozen = True
+        return self.train(self.training)
+
+    def train(self, mode: bool = True) -> MRIEncoder3D:
+        """``nn.Module.train``; a :meth:`freeze`-d encoder stays in evaluation mode."""
+        return super().train(mode and not self.frozen)
 
     def forward(self, image: torch.Tensor) -> torch.Tensor:
         """``[B, C, X, Y, Z]`` -> ``[B, embed_dim]``."""
