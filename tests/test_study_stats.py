@@ -176,7 +176,7 @@ def test_fused_model_is_compared_with_each_single_model_at_the_same_augmentation
 
 def test_augmentation_on_is_compared_with_off_for_every_model():
     pairs = {(c.a, c.b) for c in plan_comparisons(_plan()) if c.kind == "augmentation"}
-    assert pairs == {((m, True), (m, False)) for m in MODALITIES}
+    assert pairs == {((m, True, "none"), (m, False, "none")) for m in MODALITIES}  # (model, augment, transfer)
 
 
 def test_comparisons_pair_jobs_by_repeat_fold_and_seed():

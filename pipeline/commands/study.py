@@ -31,7 +31,8 @@ def _print_report(out: Path, n_resamples: int) -> None:
 
     report = render(out, n_resamples)
     summary = pd.read_csv(report.paths["summary"])
-    columns = ["cohort", "model", "augment", "n_jobs", "balanced_accuracy_mean"]
+    columns = ["cohort", "model", "augment", *(["transfer"] if (summary["transfer"] != "none").any() else [])]
+    columns += ["n_jobs", "balanced_accuracy_mean"]
     columns += ["balanced_accuracy_ci_low", "balanced_accuracy_ci_high", "auc_ovr_mean"]
     print(summary[columns].to_string(index=False, float_format=lambda v: f"{v:.3f}"))
     print("\n".join(report.answers))

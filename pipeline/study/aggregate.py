@@ -3,7 +3,8 @@
 The statistics themselves live in :mod:`pipeline.study.stats`; this module decides what is summarised and what is
 compared with what. Comparisons are planned from ``RUN/plan.csv`` and ``RUN/baselines.csv`` (so a comparison whose
 jobs have not finished is listed as skipped, not silently dropped) and paired by (repeat, fold, seed); a deep model
-and its baseline (one per split) are paired by (repeat, fold), the model's seeds averaged.
+and its baseline (one per split) are paired by (repeat, fold), the model's seeds averaged. A model run in several
+``transfer`` modes (:mod:`pipeline.study.transfer`) is a group per mode, and each mode is compared with ``none``.
 """
 
 from __future__ import annotations
@@ -28,25 +29,37 @@ from pipeline.study.stats import (
     t_interval,
 )
 
-GROUP = ["cohort", "model", "augment"]
+GROUP = ["cohort", "model", "augment", "transfer"]
 PRIMARY = "balanced_accuracy"
 ALPHA = 0.05
 COMPARISON_COLUMNS = (
     "cohort", "kind", "comparison", "model_a", "augment_a", "model_b", "augment_b", "metric", "n_splits",
     "test_train_ratio", "mean_a", "mean_b", "mean_diff", "ci_low", "ci_high", "t", "df", "p", "effect_size",
-    "significant", "note",
+    "significant", "note", "transfer_a", "transfer_b",
 )  # fmt: skip
+NO_TRANSFER = "none"
 
 
-def _select(frame: pd.DataFrame, cohort: str, model: str, augment: bool) -> pd.DataFrame:
-    return frame[(frame["cohort"] == cohort) & (frame["model"] == model) & (frame["augment"].astype(bool) == augment)]
+def with_transfer(frame: pd.DataFrame) -> pd.DataFrame:
+    """``frame`` with a ``transfer`` column (``none`` where a run or row predates it)."""
+    if "transfer" in frame.columns:
+        return frame.assign(transfer=frame["transfer"].fillna(NO_TRANSFER).astype(str))
+    return frame.assign(transfer=NO_TRANSFER)
+
+
+def _select(frame: pd.DataFrame, cohort: str, model: str, augment: bool, transfer: str = NO_TRANSFER) -> pd.DataFrame:
+    frame = with_transfer(frame)
+    chosen = (frame["cohort"] == cohort) & (frame["model"] == model) & (frame["augment"].astype(bool) == augment)
+    return frame[chosen & (frame["transfer"] == transfer)]
 
 
 def summarise(results: pd.DataFrame, predictions: pd.DataFrame, n_resamples: int = 1000, seed: int = 0) -> pd.DataFrame:
-    """Means, intervals and stability of every metric, one row per cohort x model x augmentation.
+    """Means, intervals and stability of every metric, one row per cohort x model x augmentation x transfer mode.
 
-    ``kind`` (``model``, ``baseline``, ``ceiling``) tells deep models from the reference models; ``n_collapsed``
-    counts the jobs that answered one class for every test subject (results column ``collapsed``).
+    ``transfer`` is the mode (``none``, ``finetune``, ``frozen``) and ``transfer_from`` the cohort the encoder was
+    pretrained on (empty for ``none``). ``kind`` (``model``, ``baseline``, ``ceiling``) tells deep models from the
+    reference models; ``n_collapsed`` counts the jobs that answered one class for every test subject (results column
+    ``collapsed``).
 
     Columns per metric: ``_mean``, ``_sd`` (over jobs), ``_ci_low``/``_ci_high`` (t interval over splits, seeds
     averaged per split), ``_pooled`` (the metric of all pooled out-of-fold predictions), ``_boot_low``/``_boot_high``
@@ -59,9 +72,11 @@ def summarise(results: pd.DataFrame, predictions: pd.DataFrame, n_resamples: int
         seed: bootstrap seed.
     """
     rows = []
-    for (cohort, model, augment), group in results.groupby(GROUP, sort=False):
-        pooled = _select(predictions, cohort, model, bool(augment))
+    for (cohort, model, augment, transfer), group in with_transfer(results).groupby(GROUP, sort=False):
+        pooled = _select(predictions, cohort, model, bool(augment), transfer)
+        source = group["transfer_from"].fillna("").iloc[0] if "transfer_from" in group else ""
         key = {"cohort": cohort, "model": model, "kind": model_kind(model), "augment": bool(augment)}
+        key.update(transfer=transfer, transfer_from=source)
         rows.append({**key, **_summary(group, pooled, n_resamples, seed)})
     return pd.DataFrame(rows)
 
@@ -110,19 +125,32 @@ def chance_table(subjects: pd.DataFrame) -> pd.DataFrame:
 
 @dataclass(frozen=True)
 class Comparison:
-    """``a`` minus ``b`` within one cohort; each side is (model, augment), paired by the columns ``pair``."""
+    """``a`` minus ``b`` within one cohort; each side is (model, augment, transfer mode), paired by the columns
+    ``pair``."""
 
     cohort: str
-    kind: str  # "fusion_vs_single", "augmentation" or "vs_baseline"
-    a: tuple[str, bool]
-    b: tuple[str, bool]
+    kind: str  # "fusion_vs_single", "augmentation", "transfer" or "vs_baseline"
+    a: tuple[str, bool, str]
+    b: tuple[str, bool, str]
     pair: tuple[str, ...] = tuple(PAIR)
 
     @property
     def label(self) -> str:
+        aug = f"augmentation {'on' if self.a[1] else 'off'}"
         if self.kind == "augmentation":
-            return f"{self.a[0]}: augmentation on vs off"
-        return f"{self.a[0]} vs {self.b[0]} (augmentation {'on' if self.a[1] else 'off'})"
+            return f"{_variant(self.a)}: augmentation on vs off"
+        if self.kind == "transfer":
+            return f"{self.a[0]}: transfer {self.a[2]} vs none ({aug})"
+        return f"{_variant(self.a)} vs {_variant(self.b)} ({aug})"
+
+
+def variant(model: str, transfer: str = NO_TRANSFER) -> str:
+    """Display name of a model in a transfer mode: ``mri_cnn3d``, ``mri_cnn3d [transfer frozen]``."""
+    return model if transfer == NO_TRANSFER else f"{model} [transfer {transfer}]"
+
+
+def _variant(side: tuple[str, bool, str]) -> str:
+    return variant(side[0], side[2])
 
 
 def is_fused(modalities: str) -> bool:
@@ -132,8 +160,9 @@ def is_fused(modalities: str) -> bool:
 
 def plan_comparisons(plan: pd.DataFrame, references: Sequence = ()) -> list[Comparison]:
     """Within each cohort: every fused model vs every single-modality model at the same augmentation setting,
-    augmentation on vs off for every model, and every model (each setting) vs the baseline of its inputs; only
-    comparisons the study's design makes possible.
+    augmentation on vs off for every model, each transfer mode vs ``none``, and every model (each setting) vs the
+    baseline of its inputs; only comparisons the study's design makes possible. A fused model in a transfer mode is
+    compared with a single-modality model in the same mode, or in ``none`` when that one has no such mode.
 
     Args:
         plan: ``RUN/plan.csv``.
@@ -141,21 +170,31 @@ def plan_comparisons(plan: pd.DataFrame, references: Sequence = ()) -> list[Comp
     """
     baselines = {(j.cohort, j.model) for j in references if model_kind(j.model) == "baseline"}
     comparisons = []
-    for cohort, part in plan.groupby("cohort", sort=False):
+    for cohort, part in with_transfer(plan).groupby("cohort", sort=False):
         modalities = dict(zip(part["model"], part["modalities"]))
+        variants = list(dict.fromkeys(zip(part["model"], part["transfer"])))
         settings = sorted({bool(a) for a in part["augment"]})
-        fused = [m for m, mod in modalities.items() if is_fused(mod)]
+        fused = [(m, t) for m, t in variants if is_fused(modalities[m])]
         single = [m for m, mod in modalities.items() if not is_fused(mod)]
         comparisons += [
-            Comparison(cohort, "fusion_vs_single", (f, a), (s, a)) for a in settings for f in fused for s in single
+            Comparison(cohort, "fusion_vs_single", (f, a, t), (s, a, t if (s, t) in variants else NO_TRANSFER))
+            for a in settings
+            for f, t in fused
+            for s in single
         ]
         if settings == [False, True]:
-            comparisons += [Comparison(cohort, "augmentation", (m, True), (m, False)) for m in modalities]
+            comparisons += [Comparison(cohort, "augmentation", (m, True, t), (m, False, t)) for m, t in variants]
         comparisons += [
-            Comparison(cohort, "vs_baseline", (m, a), (baseline, False), tuple(SPLIT))
-            for m, mod in modalities.items()
+            Comparison(cohort, "transfer", (m, a, t), (m, a, NO_TRANSFER))
+            for m, t in variants
             for a in settings
-            if (cohort, baseline := f"baseline:{reference_inputs(mod)}") in baselines
+            if t != NO_TRANSFER and (m, NO_TRANSFER) in variants
+        ]
+        comparisons += [
+            Comparison(cohort, "vs_baseline", (m, a, t), (baseline, False, NO_TRANSFER), tuple(SPLIT))
+            for m, t in variants
+            for a in settings
+            if (cohort, baseline := f"baseline:{reference_inputs(modalities[m])}") in baselines
         ]
     return comparisons
 
@@ -201,6 +240,8 @@ def compare(results: pd.DataFrame, plan: pd.DataFrame, references: Sequence = ()
                     "augment_a": comparison.a[1],
                     "model_b": comparison.b[0],
                     "augment_b": comparison.b[1],
+                    "transfer_a": comparison.a[2],
+                    "transfer_b": comparison.b[2],
                     "metric": metric,
                     "n_splits": int((a - b).notna().sum()),
                     "test_train_ratio": ratio,

@@ -3,7 +3,8 @@
 Both reports carry the same content, built once as a list of blocks: ``report.md`` links the figures written to
 ``RUN/figures/*.png``, ``report.html`` embeds the same PNGs (base64) so it is one self-contained file. The first
 screen answers the paper's two questions, flags collapsed models, gives each model's share of the recoverable signal
-(when a cohort has a ceiling), then shows the summary table (deep models beside their baselines and ceilings) and
+(when a cohort has a ceiling), says which models started from an encoder pretrained on another cohort and warns of
+subjects shared between cohorts, then shows the summary table (deep models beside their baselines and ceilings) and
 the paired comparisons.
 """
 
@@ -28,10 +29,13 @@ from pipeline.study.aggregate import (
     compare,
     paper_questions,
     summarise,
+    variant,
+    with_transfer,
 )
 from pipeline.study.baselines import load_references
 from pipeline.study.figures import METRIC_LABELS, confusion_matrices, fold_metrics, learning_curves, roc_curves
 from pipeline.study.runner import Job, cohort_subjects, collect, load_plan, missing_jobs, training_logs
+from pipeline.study.transfer import TransferPlan, load_shared, pretrained
 
 PROVENANCE = (
     "git_commit",
@@ -65,8 +69,8 @@ def render(out: str | Path, n_resamples: int = 1000) -> Report:
         FileNotFoundError: the folder is not a study run or has no finished job.
     """
     out = Path(out)
-    plan, references = load_plan(out), load_references(out)
-    results, predictions = (_in_plan_order(frame, plan, references) for frame in collect(out))
+    plan, references = with_transfer(load_plan(out)), load_references(out)
+    results, predictions = (_in_plan_order(with_transfer(frame), plan, references) for frame in collect(out))
     if results.empty:
         raise FileNotFoundError(f"{out}: no finished fold job yet (no folds/*/*/*/done.json)")
     chance = chance_table(cohort_subjects(out))
@@ -75,7 +79,8 @@ def render(out: str | Path, n_resamples: int = 1000) -> Report:
     paths = {name: out / f"{name}.csv" for name in ("results", "predictions", "summary", "comparisons")}
     for name, frame in zip(paths, (results, predictions, summary, comparisons)):
         atomic_write_text(paths[name], frame.to_csv(index=False))
-    figures = _write_figures(out, results, predictions, training_logs(out), summary, chance)
+    logs = with_transfer(training_logs(out))
+    figures = _write_figures(out, *(_labelled(f) for f in (results, predictions, logs, summary)), chance)
     answers = [(question, answer(rows, chance)) for question, rows in paper_questions(comparisons, plan)]
     missing = missing_jobs(out)
     planned = len(plan) + len(references)
@@ -87,17 +92,17 @@ def render(out: str | Path, n_resamples: int = 1000) -> Report:
 
 
 def _in_plan_order(frame: pd.DataFrame, plan: pd.DataFrame, references: list[Job] = ()) -> pd.DataFrame:
-    """Rows sorted by the study's order of cohort x model x augmentation (stable within a group): per cohort the
-    deep models, then its baselines and ceilings; a group planned nowhere (an edited study) last."""
+    """Rows sorted by the study's order of cohort x model x augmentation x transfer (stable within a group): per
+    cohort the deep models, then its baselines and ceilings; a group planned nowhere (an edited study) last."""
     if frame.empty:
         return frame
-    planned = list(zip(plan["cohort"], plan["model"], plan["augment"].astype(bool)))
-    planned += [(j.cohort, j.model, j.augment) for j in references]
+    planned = list(zip(plan["cohort"], plan["model"], plan["augment"].astype(bool), plan["transfer"]))
+    planned += [(j.cohort, j.model, j.augment, j.transfer) for j in references]
     cohorts = {cohort: i for i, cohort in enumerate(dict.fromkeys(plan["cohort"]))}
     order = {key: (cohorts.get(key[0], len(cohorts)), i) for i, key in enumerate(dict.fromkeys(planned))}
     keys = [
         order.get(key, (len(cohorts), len(order)))
-        for key in zip(frame["cohort"], frame["model"], frame["augment"].astype(bool))
+        for key in zip(frame["cohort"], frame["model"], frame["augment"].astype(bool), frame["transfer"])
     ]
     return frame.iloc[sorted(range(len(keys)), key=keys.__getitem__)].reset_index(drop=True)
 
@@ -125,7 +130,7 @@ def answer(rows: pd.DataFrame, chance: pd.DataFrame) -> str:
 
 
 def _answer_sentence(row, n_subjects: int) -> str:
-    where = f"{row.model_a} on cohort {row.cohort} ({n_subjects} subjects)"
+    where = f"{variant(row.model_a, row.transfer_a)} on cohort {row.cohort} ({n_subjects} subjects)"
     if row.note:
         return f"Not answered for {where}: {row.note}."
     metric = METRIC_LABELS[PRIMARY].lower()
@@ -156,7 +161,7 @@ def _collapse_note(summary: pd.DataFrame) -> str:
     if flagged.empty:
         return ""
     parts = [
-        f"{r.model} (aug {_aug(r.augment)}, cohort {r.cohort}): {r.n_collapsed} of {r.n_jobs}"
+        f"{variant(r.model, r.transfer)} (aug {_aug(r.augment)}, cohort {r.cohort}): {r.n_collapsed} of {r.n_jobs}"
         for r in flagged.itertuples()
     ]
     return (
@@ -174,7 +179,7 @@ def _share_table(summary: pd.DataFrame, chance: pd.DataFrame) -> pd.DataFrame:
     return pd.DataFrame(
         {
             "cohort": rows["cohort"],
-            "model": rows["model"],
+            "model": [variant(m, t) for m, t in zip(rows["model"], rows["transfer"])],
             "aug": [_aug(a) if k == "model" else "" for a, k in zip(rows["augment"], rows["kind"])],
             label: [_num(v) for v in rows[f"{PRIMARY}_mean"]],
             "chance": [_num(chance.loc[c, PRIMARY]) for c in rows["cohort"]],
@@ -182,6 +187,62 @@ def _share_table(summary: pd.DataFrame, chance: pd.DataFrame) -> pd.DataFrame:
             "share of the recoverable signal": [_share(v) for v in rows["share_of_ceiling"]],
         }
     )
+
+
+MODE_WORDS = {"finetune": "fine-tuned", "frozen": "kept frozen"}
+
+
+def _labelled(frame: pd.DataFrame) -> pd.DataFrame:
+    """``frame`` with each model named with its transfer mode (:func:`~pipeline.study.aggregate.variant`), so the
+    figures draw one panel or line per model x augmentation x transfer."""
+    return (
+        frame.assign(model=[variant(m, t) for m, t in zip(frame["model"], frame["transfer"])]) if len(frame) else frame
+    )
+
+
+def _transfer_notes(results: pd.DataFrame, out: Path) -> list[str]:
+    """One sentence per target cohort whose models started from a pretrained encoder: which models, which modes,
+    from which cohort and pretrained model on how many subjects (and how many shared ones it left out)."""
+    started = results[(results["kind"] == "model") & (results["transfer"] != "none")]
+    jobs = pretrained(out)
+    notes = []
+    for (cohort, source), part in started.groupby(["cohort", "transfer_from"], sort=False):
+        model = part["transfer_model"].iloc[0]
+        row = jobs[(jobs["source"] == source) & (jobs["model"] == model)] if len(jobs) else jobs
+        size = (
+            f" ({int(row['n_train'].iloc[0])} training + {int(row['n_val'].iloc[0])} validation subjects"
+            f"{_excluded_text(row['excluded_subjects'].iloc[0], cohort)})"
+            if len(row)
+            else ""
+        )
+        modes = " and ".join(f"{MODE_WORDS[m]} (transfer {m})" for m in dict.fromkeys(part["transfer"]))
+        models = ", ".join(dict.fromkeys(part["model"]))
+        scratch = (
+            (results["cohort"] == cohort) & results["model"].isin(set(part["model"])) & (results["transfer"] == "none")
+        ).any()
+        notes.append(
+            f"Cohort {cohort}: {models} started from the MRI encoder of {model} pretrained on all of cohort "
+            f"{source}{size}, {modes}."
+            + (
+                " Transfer none: trained from scratch, the comparisons of kind transfer test each mode against it."
+                if scratch
+                else ""
+            )
+        )
+    return notes
+
+
+def _excluded_text(excluded, cohort: str) -> str:
+    count = len(excluded) if isinstance(excluded, list) else 0
+    return f"; {count} subject(s) also in cohort {cohort} left out" if count else ""
+
+
+def _shared_warnings(out: Path) -> list[str]:
+    """A warning per pair of cohorts that share subjects without a transfer between them."""
+    lines = TransferPlan(shared=load_shared(out)).warnings
+    return [
+        f"Subjects in two cohorts: {line}; their results are not independent across those cohorts." for line in lines
+    ]
 
 
 def _chance_note(chance: pd.DataFrame, cohorts) -> str:
@@ -206,24 +267,28 @@ def _test_text(test) -> str:
 def _summary_table(summary: pd.DataFrame, comparisons: pd.DataFrame, chance: pd.DataFrame) -> pd.DataFrame:
     """First-screen table: every model with CIs, the augmentation test, the test against its baseline, its share
     of the ceiling and its collapsed jobs; the baselines and ceilings; and a chance row per cohort."""
-    aug_tests = _primary(comparisons, "augmentation").set_index(["cohort", "model_a"])
-    baseline_tests = _primary(comparisons, "vs_baseline").set_index(["cohort", "model_a", "augment_a"])
+    aug_tests = _primary(comparisons, "augmentation").set_index(["cohort", "model_a", "transfer_a"])
+    baseline_tests = _primary(comparisons, "vs_baseline").set_index(["cohort", "model_a", "augment_a", "transfer_a"])
+    transfer_tests = _primary(comparisons, "transfer").set_index(["cohort", "model_a", "augment_a", "transfer_a"])
     rows = []
     for cohort, part in summary.groupby("cohort", sort=False):
         for _, r in part.iterrows():
-            test = aug_tests.loc[(cohort, r.model)] if r.augment and (cohort, r.model) in aug_tests.index else None
-            key = (cohort, r.model, bool(r.augment))
+            variant_key = (cohort, r.model, r.transfer)
+            test = aug_tests.loc[variant_key] if r.augment and variant_key in aug_tests.index else None
+            key = (cohort, r.model, bool(r.augment), r.transfer)
             against = baseline_tests.loc[key] if key in baseline_tests.index else None
+            transferred = transfer_tests.loc[key] if key in transfer_tests.index else None
             rows.append(
                 {
                     "cohort": cohort,
-                    "model": r.model,
+                    "model": variant(r.model, r.transfer),
                     "aug": _aug(r.augment) if r.kind == "model" else "",
                     "jobs": str(int(r["n_jobs"])),
                     **{METRIC_LABELS[m]: _mean_ci(r, m) for m in METRICS},
                     f"{METRIC_LABELS[PRIMARY]}, pooled [bootstrap CI]": _pooled_ci(r, PRIMARY),
                     "aug on − off (p)": _test_text(test),
                     "− baseline (p)": _test_text(against),
+                    **({"transfer − none (p)": _test_text(transferred)} if len(transfer_tests) else {}),
                     "share of ceiling": _share(r.get("share_of_ceiling", np.nan)),
                     "collapsed jobs": f"⚠ {int(r.n_collapsed)} of {int(r.n_jobs)}" if r.n_collapsed else "",
                 }
@@ -270,7 +335,7 @@ def _comparison_table(comparisons: pd.DataFrame, with_metric: bool) -> pd.DataFr
 def _metrics_table(summary: pd.DataFrame) -> pd.DataFrame:
     rows = [
         {
-            "model": r.model,
+            "model": variant(r.model, r.transfer),
             "aug": _aug(r.augment),
             "metric": METRIC_LABELS[m],
             "mean ± sd": f"{_num(r[f'{m}_mean'])} ± {_num(r[f'{m}_sd'])}",
@@ -287,7 +352,10 @@ def _metrics_table(summary: pd.DataFrame) -> pd.DataFrame:
 
 def _missing_table(missing: list[Job]) -> pd.DataFrame:
     frame = pd.DataFrame(
-        [{"cohort": j.cohort, "model": j.model, "aug": _aug(j.augment), "job": str(j.job_dir)} for j in missing]
+        [
+            {"cohort": j.cohort, "model": variant(j.model, j.transfer), "aug": _aug(j.augment), "job": str(j.job_dir)}
+            for j in missing
+        ]
     )
     grouped = frame.groupby(["cohort", "model", "aug"], sort=False)["job"]
     return grouped.agg(missing="count", example="first").reset_index()
@@ -392,6 +460,9 @@ def _blocks(results, summary, comparisons, chance, answers, missing, planned, fi
     blocks += [("answer", question, text) for question, text in answers]
     collapsed = _collapse_note(summary)
     blocks += [("warning", collapsed)] if collapsed else []
+    blocks += [("warning", line) for line in _shared_warnings(out)]
+    transfer_notes = _transfer_notes(results, out)
+    blocks += [("h2", "Transfer")] + [("p", note) for note in transfer_notes] if transfer_notes else []
     if (summary["ceiling"] != "").any():
         blocks += [
             ("h2", "Share of the recoverable signal"),

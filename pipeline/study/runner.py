@@ -7,6 +7,10 @@ Layout of a run folder::
     RUN/folds/<cohort>/folds.csv           subject -> (repeat, fold)
     RUN/folds/<cohort>/repeat-R_fold-F/manifest.csv          the fold's manifest (split column)
     RUN/folds/<cohort>/repeat-R_fold-F/<model>_aug-<on|off>_seed-S/   one job: ckpt/, eval/, log.txt, done.json
+                                           (``..._aug-off_transfer-<finetune|frozen>_seed-S/`` with study key
+                                           ``transfer``)
+    RUN/pretrain/<source>_<model>/         an encoder pretrained on a whole cohort, RUN/shared_subjects.csv:
+                                           :mod:`pipeline.study.transfer`
     RUN/baselines.csv, RUN/folds/<cohort>/repeat-R_fold-F/<baseline-mri|ceiling-fused>/, RUN/cache/baselines/
                                            scikit-learn baselines and ceilings (study key ``baselines``):
                                            :mod:`pipeline.study.baselines`
@@ -15,7 +19,8 @@ Layout of a run folder::
 
 A job is finished when its ``done.json`` exists (written last, atomically); re-running skips finished jobs and
 redoes unfinished ones from scratch, so a killed job is never half-counted. The reference jobs (baselines, ceilings)
-follow the deep jobs, in the whole study's run or in shard 0's.
+follow the deep jobs, in the whole study's run or in shard 0's; the pretraining jobs of ``transfer`` precede them, in
+every shard that needs them.
 """
 
 from __future__ import annotations
@@ -37,10 +42,11 @@ from pipeline.engine.metrics import classification_metrics
 from pipeline.engine.workflow import run_bundle
 from pipeline.io import atomic_write_json, atomic_write_text
 from pipeline.manifest import assign_folds, check_no_leakage, fold_manifest, load_manifest, manifest_sha256
+from pipeline.study import transfer
 from pipeline.study.spec import Study
 from pipeline.study.stats import is_collapsed, labels_and_probabilities
 
-JOB_COLUMNS = ["cohort", "model", "augment", "repeat", "fold", "seed"]
+JOB_COLUMNS = ["cohort", "model", "augment", "repeat", "fold", "seed", "transfer"]
 
 
 @dataclass(frozen=True)
@@ -53,6 +59,7 @@ class Job:
     repeat: int
     fold: int
     seed: int
+    transfer: str = "none"  # none (from scratch), finetune or frozen: see pipeline.study.transfer
 
     @property
     def fold_dir(self) -> Path:
@@ -61,18 +68,20 @@ class Job:
     @property
     def job_dir(self) -> Path:
         name = Path(self.model).name
-        return self.fold_dir / f"{name}_aug-{'on' if self.augment else 'off'}_seed-{self.seed}"
+        started = "" if self.transfer == "none" else f"_transfer-{self.transfer}"
+        return self.fold_dir / f"{name}_aug-{'on' if self.augment else 'off'}{started}_seed-{self.seed}"
 
 
 def plan_jobs(study: Study) -> list[Job]:
     """Every job of the study in a fixed order (the order shards are cut from)."""
     return [
-        Job(cohort.name, model, augment, repeat, fold, seed)
+        Job(cohort.name, model, augment, repeat, fold, seed, mode)
         for cohort in study.cohorts
         for repeat in range(study.repeats)
         for fold in range(study.folds)
         for model in cohort.models
         for augment in study.augmentation
+        for mode in transfer.modes(study, cohort.name, model)
         for seed in study.seeds
     ]
 
@@ -129,9 +138,10 @@ def shard_jobs(jobs: list[Job], index: int, count: int) -> list[Job]:
 
 def fold_tables(study: Study) -> dict[Path, pd.DataFrame]:
     """Every cohort's ``folds.csv`` and fold manifests, by path in the run folder, built (and the cohort manifests
-    validated, the leakage guard run on each fold) before anything is written."""
+    validated, the leakage guard run on each fold) before anything is written. A cohort without models (only a
+    transfer's source) has no folds."""
     tables = {}
-    for cohort in study.cohorts:
+    for cohort in (c for c in study.cohorts if c.models):
         frame = load_manifest(cohort.manifest, require_diagnosis=True)
         folds = assign_folds(frame, study.folds, study.repeats, study.seed)
         tables[Path("folds") / cohort.name / "folds.csv"] = folds
@@ -225,6 +235,7 @@ def _train_and_test(study: Study, job: Job, out: Path, job_dir: Path) -> dict:
         "augment": job.augment,
         "seed": job.seed,
         "cache_dir": str(out / "cache" / Path(job.model).name),
+        **transfer.job_overrides(study, job.cohort, job.transfer, out),
     }
     started = time.perf_counter()
     run_bundle(bundle_dir, ["train.yaml"], "train", log_file=job_dir / "log.txt", **overrides)
@@ -235,6 +246,7 @@ def _train_and_test(study: Study, job: Job, out: Path, job_dir: Path) -> dict:
     row = {**asdict(job), "study": study.name}
     row.update({f"n_{s}": int((fold_frame["split"] == s).sum()) for s in ("train", "val", "test")})
     row.update(_metrics_of(predictions))
+    row.update(transfer.job_record(study, job.cohort, job.transfer))
     row.update(train_seconds=round(trained - started, 2), eval_seconds=round(time.perf_counter() - trained, 2))
     row.update(_provenance(study, cohort.manifest, bundle_dir))
     atomic_write_json(job_dir / "done.json", row)
@@ -246,8 +258,11 @@ def _metrics_of(predictions: pd.DataFrame) -> dict:
 
 
 def _finished(out: Path) -> list[tuple[Path, dict]]:
-    """(job folder, ``done.json`` row) of every finished job."""
-    return [(done.parent, json.loads(done.read_text())) for done in sorted(out.glob("folds/*/*/*/done.json"))]
+    """(job folder, ``done.json`` row) of every finished job (``transfer`` ``none`` in rows that predate it)."""
+    rows = [(done.parent, json.loads(done.read_text())) for done in sorted(out.glob("folds/*/*/*/done.json"))]
+    for _, row in rows:
+        row.setdefault("transfer", "none")
+    return rows
 
 
 def _job_tables(out: Path, name: str, **read_csv) -> pd.DataFrame:
@@ -329,7 +344,8 @@ def register_subjects(study: Study, out: Path, workers: int, progress: bool = Tr
     todo: dict[tuple, list[str]] = {}
     for cohort in study.cohorts:
         paths = [p for p in load_manifest(cohort.manifest).get("mri", []) if p]
-        for model in cohort.models:
+        pretrained = [t.model for t in study.transfer if t.source == cohort.name]
+        for model in dict.fromkeys([*cohort.models, *pretrained]):
             settings = registration_settings(study, cohort, model)
             if settings is not None:
                 todo.setdefault(tuple(sorted(settings.items())), []).extend(paths)
@@ -364,6 +380,7 @@ def run_study(
     out = Path(out)
     index, count = parse_shard(shard)
     tables = fold_tables(study)  # a cohort that cannot be used is refused before the run folder exists
+    transfers = transfer.plan_transfer(study)  # and so is a transfer that would leak
     fresh = not out.exists()
     out.mkdir(parents=True, exist_ok=True)
     try:
@@ -371,8 +388,11 @@ def run_study(
         jobs = write_plan(study, out)
         references = baselines.write_references(study, out)
         prepare_folds(study, out, tables)
+        transfer.write_records(transfers, out)
         register_subjects(study, out, workers or default_workers(), progress)
         mine = [job for job in shard_jobs(jobs, index, count) if not (out / job.job_dir / "done.json").exists()]
+        # stage 1: the encoders this shard's fold jobs start from; stage 2: the fold jobs
+        transfer.run_pretraining(study, out, transfers, transfer.needed(study, mine), (index, count), progress)
         for job in tqdm(mine, desc=f"{study.name} fold jobs", unit="job", disable=not progress):
             run_job(study, job, out)
         if index == 0:
@@ -389,7 +409,8 @@ def planned_jobs(out: Path) -> list[Job]:
     ``baselines.csv`` (:func:`pipeline.study.baselines.load_references`)."""
     from pipeline.study.baselines import load_references
 
-    plan = pd.read_csv(Path(out) / "plan.csv")[JOB_COLUMNS]
+    plan = pd.read_csv(Path(out) / "plan.csv", dtype={"transfer": str}, keep_default_na=False)
+    plan = plan.reindex(columns=JOB_COLUMNS, fill_value="none")  # a plan that predates transfer
     jobs = [Job(**{k: (bool(v) if k == "augment" else v) for k, v in row.items()}) for row in plan.to_dict("records")]
     return jobs + load_references(out)
 

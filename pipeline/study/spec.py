@@ -12,6 +12,8 @@ Keys (documented in ``bundles/experiments/README.md``)::
     overrides: {epochs: 10}       # bundle keys for every job
     seeds: [0]                    # optional training seeds per fold
     baselines: true               # optional: scikit-learn baselines and the ceiling in the same folds
+    transfer:                     # optional: start a cohort's MRI encoders from one pretrained on another cohort
+      paired: {from: mri_only, model: mri_cnn3d, modes: [none, finetune], exclude_shared: false}
 
 ``baselines`` (default false) is true (every name below), false, or a list of names: ``mri``, ``fmri``, ``fused``
 (a scikit-learn model of those inputs for each cohort whose models read them: PCA + logistic regression on the
@@ -23,8 +25,9 @@ on the training partition of every fold (validation included) and scored on its 
 
 from __future__ import annotations
 
+import functools
 import re
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any
 
@@ -34,13 +37,20 @@ from pipeline.engine import REPO_BUNDLES
 from pipeline.engine.keys import bundle_key_problem
 from pipeline.io import load_yaml
 
-STUDY_KEYS = {"name", "description", "cohorts", "models", "augmentation", "cv", "overrides", "seeds", "baselines"}
+STUDY_KEYS = {
+    "name", "description", "cohorts", "models", "augmentation", "cv", "overrides", "seeds", "baselines", "transfer",
+}  # fmt: skip
 COHORT_KEYS = {"manifest", "models", "overrides"}
 CV_KEYS = {"folds", "repeats", "seed", "val_fraction"}
 #: a cohort name becomes a folder of the run (``folds/<cohort>/``): a plain name, never a path
 COHORT_NAME = re.compile(r"[A-Za-z0-9][A-Za-z0-9_.-]*")
 #: names of ``baselines``: a reference model per input set, and the ceiling of a synthetic cohort
 BASELINE_NAMES = ("mri", "fmri", "fused", "ceiling")
+TRANSFER_KEYS = {"from", "model", "modes", "exclude_shared"}
+#: values of a transfer's ``modes``: trained from scratch, started from the pretrained encoder, and that kept fixed
+TRANSFER_MODES = ("none", "finetune", "frozen")
+#: the bundle key through which a network's MRI encoder is loaded (:func:`pipeline.networks.load_mri_encoder`)
+ENCODER_KEY = "mri_encoder_weights"
 
 
 class StudyError(ValueError):
@@ -53,6 +63,17 @@ class Cohort:
     manifest: Path
     models: tuple[str, ...]
     overrides: dict[str, Any] = field(default_factory=dict)
+
+
+@dataclass(frozen=True)
+class Transfer:
+    """Start ``target``'s MRI encoders from ``model`` pretrained on cohort ``source``, in each of ``modes``."""
+
+    target: str
+    source: str
+    model: str
+    modes: tuple[str, ...]
+    exclude_shared: bool = False
 
 
 @dataclass(frozen=True)
@@ -71,11 +92,26 @@ class Study:
     seeds: tuple[int, ...]
     text: str
     baselines: tuple[str, ...] = ()
+    transfer: tuple[Transfer, ...] = ()
 
     def bundle_dir(self, model: str) -> Path:
         """Folder of a model's bundle: a name under ``bundles/`` or a path."""
         candidate = Path(model)
         return candidate if candidate.is_dir() else REPO_BUNDLES / model
+
+    def takes_mri_encoder(self, model: str) -> bool:
+        """Whether a model's bundle can start from a pretrained MRI encoder (its ``train.yaml`` has the key)."""
+        return _has_top_level_key(self.bundle_dir(model) / "configs" / "train.yaml", ENCODER_KEY)
+
+    def transfer_to(self, cohort: str) -> Transfer | None:
+        """The transfer into ``cohort``, if the study has one."""
+        return next((t for t in self.transfer if t.target == cohort), None)
+
+
+@functools.lru_cache(maxsize=64)
+def _has_top_level_key(config: Path, key: str) -> bool:
+    parsed = load_yaml(config.read_text())
+    return isinstance(parsed, dict) and key in parsed
 
 
 def _require(mapping: dict, key: str, where: str):
@@ -138,7 +174,52 @@ def load_study(path: str | Path, manifests: dict[str, str] | None = None) -> Stu
         for model in cohort.models:
             if not (study.bundle_dir(model) / "configs" / "train.yaml").is_file():
                 raise StudyError(f"{path}: cohort {cohort.name}: unknown bundle '{model}' (no configs/train.yaml)")
+    study = replace(study, transfer=_parse_transfer(study, raw.get("transfer")))
+    sources = {t.source for t in study.transfer}
+    for cohort in study.cohorts:
+        if not cohort.models and cohort.name not in sources:
+            raise StudyError(f"{path}: cohorts.{cohort.name}: no models, and no cohort's transfer comes from it")
     return study
+
+
+def _parse_transfer(study: Study, raw: Any) -> tuple[Transfer, ...]:
+    """The ``transfer`` key: target cohort -> ``{from, model, modes, exclude_shared}`` (module docstring)."""
+    where = f"{study.path}: transfer"
+    names = {c.name: c for c in study.cohorts}
+    transfers = []
+    for target, entry in _mapping(raw or {}, where).items():
+        here = f"{where}.{target}"
+        if target not in names:
+            raise StudyError(f"{here}: no cohort named {target} (cohorts: {', '.join(names)})")
+        entry = _mapping(entry, here)
+        _no_unknown(entry, TRANSFER_KEYS, here)
+        source = _require(entry, "from", here)
+        if source not in names or source == target:
+            others = ", ".join(n for n in names if n != target) or "none"
+            raise StudyError(f"{here}.from: must name another cohort of the study (cohorts: {others}), got {source!r}")
+        model = entry.get("model", "mri_cnn3d")
+        if not isinstance(model, str) or not (study.bundle_dir(model) / "configs" / "train.yaml").is_file():
+            raise StudyError(f"{here}.model: unknown bundle {model!r} (no configs/train.yaml)")
+        if not study.takes_mri_encoder(model):
+            raise StudyError(f"{here}.model: {model} has no MRI encoder to pretrain (mri_cnn3d or mri_fmri_fusion)")
+        expected = f"one of {', '.join(TRANSFER_MODES)}"
+        modes = tuple(
+            dict.fromkeys(
+                _listed(entry.get("modes", ["finetune"]), TRANSFER_MODES.__contains__, expected, f"{here}.modes")
+            )
+        )
+        if not modes:
+            raise StudyError(f"{here}.modes: list at least one of {', '.join(TRANSFER_MODES)}")
+        if not any(study.takes_mri_encoder(m) for m in names[target].models):
+            raise StudyError(
+                f"{here}: none of cohort {target}'s models ({', '.join(names[target].models) or 'none'}) reads an "
+                "MRI encoder (mri_cnn3d, mri_fmri_fusion)"
+            )
+        exclude = entry.get("exclude_shared", False)
+        if not isinstance(exclude, bool):
+            raise StudyError(f"{here}.exclude_shared: must be true or false, got {exclude!r}")
+        transfers.append(Transfer(target, source, model, modes, exclude))
+    return tuple(transfers)
 
 
 def _mapping(value: Any, where: str) -> dict:
