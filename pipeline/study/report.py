@@ -204,6 +204,8 @@ def _transfer_notes(results: pd.DataFrame, out: Path) -> list[str]:
     """One sentence per target cohort whose models started from a pretrained encoder: which models, which modes,
     from which cohort and pretrained model on how many subjects (and how many shared ones it left out)."""
     started = results[(results["kind"] == "model") & (results["transfer"] != "none")]
+    if started.empty:
+        return []
     jobs = pretrained(out)
     notes = []
     for (cohort, source), part in started.groupby(["cohort", "transfer_from"], sort=False):
