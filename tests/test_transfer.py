@@ -295,6 +295,31 @@ def test_a_subject_in_two_cohorts_without_transfer_is_warned_in_log_and_report(t
     assert len(warnings) == 1 and "share 12 subject(s)" in warnings[0] and "and 2 more" in warnings[0]
 
 
+def test_target_models_must_read_the_input_the_encoder_learned_from(tiny_cohort, source_manifest, tmp_path):
+    path = _study(tmp_path, tiny_cohort / "manifest_paired.csv", source_manifest)
+    raw = yaml.safe_load(open(path))
+    raw["cohorts"]["paired"]["overrides"] = {"mri_pixdim": [4.0, 4.0, 4.0]}
+    (tmp_path / "study.yaml").write_text(yaml.safe_dump(raw))
+    with pytest.raises(StudyError) as error:
+        runner.run_study(load_study(tmp_path / "study.yaml"), tmp_path / "run", progress=False)
+    message = str(error.value)
+    assert (
+        "transfer.paired: mri_cnn3d on cohort paired reads mri_pixdim [4.0, 4.0, 4.0], the encoder pretrained"
+        in message
+    )
+    assert "cohort source [6.0, 6.0, 6.0]" in message and not (tmp_path / "run").exists()
+
+
+def test_a_shard_finishing_second_drops_its_copy_of_the_encoder(tmp_path):
+    final, late = tmp_path / "pretrain" / "source_mri_cnn3d", tmp_path / "pretrain" / ".source_mri_cnn3d.shard-1-of-2"
+    for folder, text in ((final, "first"), (late, "second")):
+        (folder / "ckpt").mkdir(parents=True)
+        (folder / "ckpt" / "model.pt").write_text(text)
+        (folder / "done.json").write_text("{}")
+    transfer._publish(late, final)
+    assert (final / "ckpt" / "model.pt").read_text() == "first" and not late.exists()
+
+
 @pytest.mark.parametrize(
     ("entry", "expected"),
     [

@@ -7,6 +7,8 @@ source cohort's overrides and a stratified validation share (``cv.val_fraction``
 ``mri_encoder_weights``) then run once per transfer mode: ``none`` (from scratch), ``finetune`` and ``frozen`` (bundle
 keys ``mri_encoder_weights`` / ``mri_encoder_freeze``), a study dimension like augmentation.
 
+The target models must read the T1 as the pretraining did (:data:`INPUT_KEYS`); a difference is refused.
+
 Shared subjects: a subject of the target cohort also in the source cohort (same ``subject_id`` ignoring case, or the
 same image file by resolved path) would leak its test labels into the encoder; the study is refused before its run
 folder exists, naming them, unless ``exclude_shared`` leaves them out of the pretraining. Subjects shared by two
@@ -43,6 +45,8 @@ SHARED_COLUMNS = ["cohort", "subject_id", "other_cohort", "other_subject_id", "r
 #: bundle keys of the pretraining that are not the source cohort's to set (it trains from scratch, its own rows)
 NOT_INHERITED = ("mri_encoder_weights", "mri_encoder_freeze", "augment")
 MAX_NAMED = 10
+#: bundle keys that define what the MRI encoder sees: pretraining and target models must agree on them
+INPUT_KEYS = ("mri_spatial_size", "mri_pixdim", "mri_registration", "mri_registration_mm", "mri_brain_mask")
 
 
 @dataclass(frozen=True)
@@ -184,10 +188,41 @@ def plan_transfer(study: Study) -> TransferPlan:
                 plan.excluded.setdefault(job, []).extend(o for _, o, _ in pairs)
     plan.shared = pd.DataFrame(rows, columns=SHARED_COLUMNS)
     for transfer in study.transfer:
+        check_inputs(study, transfer)
         job = pretrain_job(transfer)
         if job not in plan.manifests:
             plan.manifests[job] = pretrain_manifest(study, transfer, sorted(set(plan.excluded.get(job, []))))
     return plan
+
+
+def effective_keys(study: Study, cohort: str, model: str, keys: Sequence[str]) -> dict:
+    """Values of bundle ``keys`` in a job of ``model`` on ``cohort``: its ``train.yaml`` under the study's and the
+    cohort's overrides."""
+    from monai.bundle import ConfigParser
+
+    parser = ConfigParser()
+    parser.read_config(str(study.bundle_dir(model) / "configs" / "train.yaml"))
+    parser.update({**study.overrides, **next(c for c in study.cohorts if c.name == cohort).overrides})
+    return {key: parser.get_parsed_content(key) for key in keys if key in parser}
+
+
+def check_inputs(study: Study, transfer: Transfer) -> None:
+    """Refuse a transfer whose target models would feed the pretrained encoder another input than it learned from
+    (another grid, voxel size, registration or brain mask: :data:`INPUT_KEYS`).
+
+    Raises:
+        StudyError: naming the model, the key and both values.
+    """
+    source = effective_keys(study, transfer.source, transfer.model, INPUT_KEYS)
+    target_models = next(c for c in study.cohorts if c.name == transfer.target).models
+    for model in filter(study.takes_mri_encoder, target_models):
+        target = effective_keys(study, transfer.target, model, INPUT_KEYS)
+        for key in (k for k in INPUT_KEYS if k in source and k in target and source[k] != target[k]):
+            raise StudyError(
+                f"{study.path}: transfer.{transfer.target}: {model} on cohort {transfer.target} reads {key} "
+                f"{target[key]!r}, the encoder pretrained on cohort {transfer.source} {source[key]!r}; set the same "
+                "value in both cohorts' overrides"
+            )
 
 
 def pretrain_manifest(study: Study, transfer: Transfer, excluded: Sequence[str]) -> pd.DataFrame:
