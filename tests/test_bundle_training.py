@@ -10,7 +10,7 @@ import torch
 from monai.bundle import ConfigWorkflow
 from monai.utils import path_to_sqlite_uri
 
-from pipeline.engine import class_weights
+from pipeline.engine import BatchNormRecalibration, class_weights
 from pipeline.engine.metrics import METRICS
 from tests.conftest import REPO, TINY_OVERRIDES, cli_overrides, run_cli
 
@@ -137,3 +137,43 @@ def test_class_weights_refuse_an_unknown_scheme():
 def test_balanced_class_weights_refuse_a_class_without_training_rows():
     with pytest.raises(ValueError, match="no training rows of class AD"):
         class_weights("balanced", [{"label": 0}, {"label": 1}])
+
+
+def _bn_trainer(net: torch.nn.Module, batches: list[torch.Tensor]):
+    from monai.engines import SupervisedEvaluator, SupervisedTrainer
+
+    data = [{"image": x, "label": torch.zeros(len(x), dtype=torch.long)} for x in batches]
+    trainer = SupervisedTrainer(
+        device=torch.device("cpu"),
+        max_epochs=1,
+        train_data_loader=data,
+        network=net,
+        optimizer=torch.optim.SGD(net.parameters(), lr=0.0),
+        loss_function=torch.nn.CrossEntropyLoss(),
+    )
+    evaluator = SupervisedEvaluator(device=torch.device("cpu"), val_data_loader=data[:1], network=net)
+    return trainer, evaluator
+
+
+def test_batch_norm_recalibration_sets_running_statistics_to_the_training_average():
+    torch.manual_seed(0)
+    net = torch.nn.Sequential(torch.nn.BatchNorm1d(2), torch.nn.Linear(2, 3))
+    batches = [torch.randn(4, 2) * 3 + 5, torch.randn(4, 2) - 2]
+    trainer, evaluator = _bn_trainer(net, batches)
+    BatchNormRecalibration(evaluator).attach(trainer)
+    net[0].running_mean.fill_(100.0)  # stale statistics, far from the data
+    evaluator.run()
+    expected = torch.stack([b.mean(dim=0) for b in batches]).mean(dim=0)
+    assert torch.allclose(net[0].running_mean, expected, atol=1e-5)
+    assert net[0].momentum == 0.1  # restored after the pass
+
+
+def test_batch_norm_recalibration_leaves_frozen_layers_alone():
+    net = torch.nn.Sequential(torch.nn.BatchNorm1d(2), torch.nn.Linear(2, 3))
+    for parameter in net[0].parameters():
+        parameter.requires_grad_(False)
+    net[0].running_mean.fill_(7.0)
+    trainer, evaluator = _bn_trainer(net, [torch.randn(4, 2)])
+    BatchNormRecalibration(evaluator).attach(trainer)
+    evaluator.run()
+    assert torch.equal(net[0].running_mean, torch.full((2,), 7.0))

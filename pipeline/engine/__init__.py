@@ -23,7 +23,7 @@ from pipeline.engine.distributed import (
 from pipeline.engine.handlers import AtomicMetricsSaver, PredictionWriter, TrainingLog
 from pipeline.engine.keys import BundleKeyError, check_bundle_keys
 from pipeline.engine.metrics import METRICS, ClassificationMetric, classification_metrics, stack_pred_label
-from pipeline.engine.training import ValidationEarlyStop, class_weights, installed
+from pipeline.engine.training import BatchNormRecalibration, ValidationEarlyStop, class_weights, installed
 
 REPO_BUNDLES = Path(__file__).resolve().parents[2] / "bundles"
 
@@ -41,6 +41,7 @@ __all__ = [
     "flag",
     "METRICS",
     "AtomicMetricsSaver",
+    "BatchNormRecalibration",
     "BundleKeyError",
     "ClassificationMetric",
     "EpochSeed",

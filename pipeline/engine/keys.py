@@ -72,6 +72,7 @@ BUNDLE_KEY_TYPES: dict[str, tuple[Callable[[Any], bool], str]] = {
     "val_interval": _POSITIVE_INT,
     "early_stop_patience": _COUNT,
     "augment": _SWITCH,
+    "bn_recalibration": _SWITCH,
     "resume": _SWITCH,
     "amp": _SWITCH,
     "progress": _SWITCH,
