@@ -34,6 +34,7 @@ def _print_report(out: Path, n_resamples: int) -> None:
     columns = ["cohort", "model", "augment", *(["transfer"] if (summary["transfer"] != "none").any() else [])]
     columns += ["n_jobs", "balanced_accuracy_mean"]
     columns += ["balanced_accuracy_ci_low", "balanced_accuracy_ci_high", "auc_ovr_mean"]
+    columns += [c for c in ["share_of_ceiling"] if c in summary]
     print(summary[columns].to_string(index=False, float_format=lambda v: f"{v:.3f}"))
     print("\n".join(report.answers))
     if report.missing:
@@ -53,6 +54,21 @@ def cmd_experiment(args: argparse.Namespace) -> int:
         return 0
     print(f"study {study.name}: complete")
     _print_report(Path(args.out), args.bootstrap)
+    return 0
+
+
+def cmd_variants(args: argparse.Namespace) -> int:
+    from pipeline.study.variants import load_variants, markdown, run_variants, variant_table
+
+    variants = load_variants(args.variants, _parse_cohort_overrides(args.cohort))
+    out = Path(args.out)
+    run_variants(variants, out, progress=not args.quiet, n_resamples=args.bootstrap)
+    table = variant_table(variants, out)
+    table.to_csv(out / "variants.csv", index=False)
+    text = markdown(table, variants.reference)
+    (out / "variants.md").write_text(text + "\n")
+    print(text)
+    print(f"table: {out / 'variants.csv'} and {out / 'variants.md'}; each variant's report in {out}/<variant>/")
     return 0
 
 
@@ -118,6 +134,22 @@ def register(sub) -> None:
     e.add_argument("--quiet", action="store_true", help="no progress bar")
     _add_bootstrap(e)
     e.set_defaults(func=cmd_experiment)
+
+    v = sub.add_parser(
+        "variants",
+        help="run a study once per recipe variant on the same folds and compare them",
+        description="Run the study a variants YAML names once per variant (bundle keys added to the study's "
+        "overrides; bundles/experiments/learnability.yaml), each into OUT/<variant>/ with its own report, on the same "
+        "folds and one shared registration cache; then write OUT/variants.csv and variants.md: every variant's "
+        "balanced accuracy with its CI over splits, AUC, collapsed jobs, and its paired difference from the reference "
+        "variant (corrected resampled t-test). Re-running skips finished jobs.",
+    )
+    v.add_argument("variants", help="variants YAML")
+    v.add_argument("--out", required=True, help="folder of the variants' runs (resumed if it exists)")
+    v.add_argument("--cohort", action="append", metavar="NAME=MANIFEST", help="replace a cohort's manifest")
+    v.add_argument("--quiet", action="store_true", help="no progress bar")
+    _add_bootstrap(v)
+    v.set_defaults(func=cmd_variants)
 
     r = sub.add_parser(
         "report",

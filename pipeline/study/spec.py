@@ -151,7 +151,7 @@ def load_study(path: str | Path, manifests: dict[str, str] | None = None) -> Stu
     cv = _mapping(_require(raw, "cv", str(path)), f"{path}: cv")
     _no_unknown(cv, CV_KEYS, f"{path}: cv")
     cohorts = _parse_cohorts(path, _require(raw, "cohorts", str(path)), models, manifests or {})
-    overrides = _overrides(raw.get("overrides"), f"{path}: overrides")
+    overrides = check_overrides(raw.get("overrides"), f"{path}: overrides")
     study = Study(
         name=str(raw.get("name", path.stem)),
         path=path,
@@ -265,7 +265,7 @@ def _fraction(value: Any, where: str) -> float:
     return float(value)
 
 
-def _overrides(value: Any, where: str) -> dict[str, Any]:
+def check_overrides(value: Any, where: str) -> dict[str, Any]:
     """Bundle keys of a study or cohort, each value checked against the key's type (``epochs: "5"`` is refused)."""
     overrides = _mapping(value or {}, where)
     for key, item in overrides.items():
@@ -294,5 +294,6 @@ def _parse_cohorts(path: Path, raw: Any, models: tuple[str, ...], manifests: dic
         if name not in manifests and not manifest.is_absolute():
             manifest = (path.parent / manifest).resolve()
         cohort_models = tuple(_names(entry.get("models", list(models)), f"{where}.models"))
-        cohorts.append(Cohort(name, manifest, cohort_models, _overrides(entry.get("overrides"), f"{where}.overrides")))
+        overrides = check_overrides(entry.get("overrides"), f"{where}.overrides")
+        cohorts.append(Cohort(name, manifest, cohort_models, overrides))
     return tuple(cohorts)
