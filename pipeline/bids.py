@@ -17,6 +17,8 @@ from pathlib import Path
 import pandas as pd
 from bids import BIDSLayout
 
+from pipeline.images import read_sidecar
+from pipeline.manifest import read_delimited
 from pipeline.tables import (
     NIFTI_SUFFIXES,
     RAW_LABEL,
@@ -102,8 +104,18 @@ def _layout(bids_dir: str | Path, derivatives: Sequence[str | Path]) -> BIDSLayo
             raise FileNotFoundError(f"{folder}: BIDS folder not found")
     try:
         return BIDSLayout(str(bids_dir), validate=False, derivatives=[str(d) for d in derivatives] or False)
-    except Exception as err:  # pybids raises several types for unreadable datasets
+    except Exception as err:  # pybids raises several types for unreadable datasets, naming no file for some
+        for folder in (bids_dir, *derivatives):
+            _check_sidecars(Path(folder))
         raise ValueError(f"{bids_dir}: cannot index as BIDS ({type(err).__name__}: {err})") from None
+
+
+def _check_sidecars(folder: Path) -> None:
+    """Raise :class:`~pipeline.images.SidecarError` for the first JSON file of a dataset that cannot be read (hidden
+    folders such as ``.git`` and ``.datalad`` left out)."""
+    for path in sorted(folder.rglob("*.json")):
+        if not any(part.startswith(".") for part in path.relative_to(folder).parts):
+            read_sidecar(path)
 
 
 def _by_key(layout: BIDSLayout, paths: Sequence[str]) -> dict[Key, list[str]]:
@@ -303,12 +315,15 @@ class _Clinical:
 
 
 def _read_tsv(path: str, index: str, prefix: str) -> pd.DataFrame:
-    """A BIDS TSV as strings indexed by ``index`` (values given the BIDS prefix when they lack it)."""
-    frame = pd.read_csv(path, sep="\t", dtype=str, keep_default_na=False).map(str.strip)
+    """A BIDS TSV as strings indexed by ``index`` (values given the BIDS prefix when they lack it); read as
+    :func:`pipeline.manifest.read_delimited` reads tables (BOM, CRLF, blank lines; decimal points in ``age``)."""
+    frame = read_delimited(path, ("age",), what="BIDS table")
     if index not in frame.columns:
         raise ValueError(f"{path}: no {index} column (has: {', '.join(frame.columns)})")
     frame[index] = [v if v.startswith(prefix) else prefix + v for v in frame[index]]
-    repeated = frame.loc[frame[index].duplicated(), index].tolist()
-    if repeated:
-        raise ValueError(f"{path}: {index} {repeated[0]} appears on several lines")
+    repeated = frame[frame[index].duplicated(keep=False)]
+    if not repeated.empty:
+        value = repeated[index].iloc[0]
+        lines = ", ".join(str(line) for line in repeated.index[repeated[index] == value])
+        raise ValueError(f"{path}: {index} {value} appears on lines {lines}")
     return frame.set_index(index)

@@ -1,16 +1,23 @@
-"""Image files refused before they reach a model: unreadable, truncated, absurd or blank scans.
+"""Image files refused before they reach a model: unreadable, truncated, absurd or blank scans, and their sidecars.
 
 :func:`check_header` reads only the NIfTI header (and the file's size), so a corrupt header claiming a huge grid is
 refused before anything is allocated; :func:`check_values` runs on the loaded array. Both raise :class:`ImageError`
 with one line naming the file. The manifest validation, the MONAI chains (``pipeline.transforms.checks``) and the
-commands use them, so a broken scan gets the same message wherever it enters.
+commands use them, so a broken scan gets the same message wherever it enters. :func:`read_sidecar` reads a BIDS JSON
+sidecar the same way (:class:`SidecarError`); :func:`fingerprint` and :func:`content_sha256` tell the same image
+under two names.
 """
 
 from __future__ import annotations
 
+import contextlib
+import gzip
+import hashlib
+import json
 import math
 import zlib
 from pathlib import Path
+from typing import Any
 
 import nibabel as nib
 import numpy as np
@@ -23,10 +30,19 @@ MAX_VALUES = 2**32
 _KINDS = ("mri", "fmri")
 _CHUNK = 2**20
 _GZIP = 16 + zlib.MAX_WBITS  # zlib window bits that read a gzip header and trailer
+_GZIP_MAGIC = b"\x1f\x8b"
+#: bytes of an image's (decompressed) start in its :func:`fingerprint`: the header and the first voxels
+_PREFIX = 2**16
+#: blocks of an uncompressed file sampled, evenly spaced, by :func:`fingerprint`
+_SAMPLES = 16
 
 
 class ImageError(ValueError):
     """An image file cannot be used; the message names the file and the problem."""
+
+
+class SidecarError(ValueError):
+    """A BIDS JSON sidecar cannot be read; the message names the file and the problem."""
 
 
 def check_header(path: str | Path, kind: str) -> nib.Nifti1Header:
@@ -48,9 +64,10 @@ def check_header(path: str | Path, kind: str) -> nib.Nifti1Header:
         raise ValueError(f"kind must be one of {', '.join(_KINDS)}, got {kind!r}")
     path = Path(path)
     if not path.is_file():
-        raise ImageError(f"{kind} file not found: {path}")
+        raise ImageError(f"{kind} file not found: {path}{_unfetched(path)}")
     if path.stat().st_size == 0:
         raise ImageError(f"{kind} file is empty: {path}")
+    _check_compression(path, kind)
     try:
         image = nib.load(str(path))
     except Exception as err:  # nibabel raises many types for files that are not images
@@ -60,6 +77,30 @@ def check_header(path: str | Path, kind: str) -> nib.Nifti1Header:
     if str(path).endswith((".nii", ".nii.gz")):
         _check_complete(path, image, shape, kind)
     return image.header
+
+
+def _unfetched(path: Path) -> str:
+    """A hint for a symbolic link to nothing: a DataLad / git-annex file whose content is not on this machine."""
+    if path.is_symlink() and not path.exists():
+        return " (a symbolic link to a missing file: a DataLad / git-annex file not fetched? `datalad get` it)"
+    return ""
+
+
+def _check_compression(path: Path, kind: str) -> None:
+    """Refuse a NIfTI whose compression disagrees with its name (nibabel picks the reader by the name)."""
+    gzipped = _gzipped(path)
+    if gzipped and path.name.endswith(".nii") and _is_nifti(path):
+        raise ImageError(f"{kind} file is gzip-compressed but named .nii: rename it to .nii.gz: {path}")
+    if not gzipped and path.name.endswith(".nii.gz") and _is_nifti(path):
+        raise ImageError(f"{kind} file is not gzip-compressed but named .nii.gz: rename it to .nii: {path}")
+
+
+def _is_nifti(path: Path) -> bool:
+    """Whether the (decompressed) content starts with a NIfTI-1 or NIfTI-2 header, by its magic string."""
+    with contextlib.suppress(OSError, EOFError, zlib.error), _opened(path) as content:
+        start = content.read(348)
+        return start[344:348] == b"n+1\0" or start[4:8] == b"n+2\0"
+    return False
 
 
 def _check_dimensions(shape: tuple[int, ...], kind: str, path: Path) -> None:
@@ -131,3 +172,80 @@ def check_values(array: np.ndarray, kind: str, source: str | Path) -> None:
         raise ImageError(f"{kind} image is blank: every voxel is {low:g}: {source}")
     if kind == "fmri" and np.array_equal(data.max(axis=-1), data.min(axis=-1)):
         raise ImageError(f"fmri run has no signal over time: every voxel is constant across volumes: {source}")
+
+
+def _gzipped(path: Path) -> bool:
+    """Whether a file is gzip-compressed, by its first bytes (not its name)."""
+    with open(path, "rb") as handle:
+        return handle.read(2) == _GZIP_MAGIC
+
+
+def _opened(path: Path):
+    """The file's content, decompressed when it is gzipped."""
+    return gzip.open(path, "rb") if _gzipped(path) else open(path, "rb")
+
+
+def fingerprint(path: str | Path) -> str:
+    """A cheap hash of an image file's header and data: equal for copies of one file, and for one ``.nii.gz``
+    compressed at two levels (a ``.nii`` and a ``.nii.gz`` of one image differ).
+
+    It hashes the first 64 KiB of the content (header and first voxels) and, for a gzip file, its trailer (the CRC-32
+    and size of the whole content), else the file size and 16 evenly spaced 4 KiB blocks: a few reads per file. Files
+    with different fingerprints differ; equal ones are most likely the same image (confirm with
+    :func:`content_sha256`).
+    """
+    path = Path(path)
+    digest = hashlib.sha256()
+    with _opened(path) as content:
+        digest.update(content.read(_PREFIX))
+    with open(path, "rb") as handle:
+        if _gzipped(path):
+            handle.seek(-8, 2)
+            digest.update(handle.read(8))
+        else:
+            size = path.stat().st_size
+            digest.update(size.to_bytes(8, "little"))
+            for index in range(_SAMPLES):
+                handle.seek(index * size // _SAMPLES)
+                digest.update(handle.read(2**12))
+    return digest.hexdigest()
+
+
+def content_sha256(path: str | Path) -> str:
+    """SHA-256 of an image file's whole content (decompressed when gzipped): header, extensions and voxels."""
+    digest = hashlib.sha256()
+    with _opened(Path(path)) as content:
+        while chunk := content.read(_CHUNK):
+            digest.update(chunk)
+    return digest.hexdigest()
+
+
+def read_sidecar(path: str | Path) -> dict[str, Any]:
+    """A BIDS JSON sidecar as a dict (UTF-8, a leading byte-order mark allowed).
+
+    Raises:
+        SidecarError: the file cannot be read (a git-annex link whose content is not fetched), is not UTF-8
+            text, not valid JSON (empty, truncated, hand-edited) or not a JSON object; the message names the file.
+    """
+    path = Path(path)
+    try:
+        raw = path.read_bytes()
+    except OSError as err:
+        raise SidecarError(f"{path}: BIDS sidecar cannot be read ({err.strerror}){_unfetched(path)}") from None
+    try:
+        value = json.loads(raw.decode("utf-8-sig"))
+    except UnicodeDecodeError as err:
+        raise SidecarError(
+            f"{path}: BIDS sidecar is not UTF-8 text (byte 0x{raw[err.start]:02x} at offset {err.start})"
+        ) from None
+    except json.JSONDecodeError as err:
+        if not raw.strip():
+            raise SidecarError(f"{path}: BIDS sidecar is empty") from None
+        raise SidecarError(
+            f"{path}: BIDS sidecar is not valid JSON ({err.msg} at line {err.lineno} column {err.colno}; truncated or "
+            "hand-edited?)"
+        ) from None
+    if not isinstance(value, dict):
+        kind = {list: "a list", str: "a string", type(None): "null"}.get(type(value), type(value).__name__)
+        raise SidecarError(f'{path}: BIDS sidecar must hold a JSON object ({{"key": value, ...}}), not {kind}')
+    return value

@@ -22,7 +22,7 @@ from tabulate import tabulate
 from tqdm.auto import tqdm
 
 from pipeline import CLASS_NAMES
-from pipeline.manifest import LINE, ManifestError, validate_manifest, write_manifest
+from pipeline.manifest import LINE, ManifestError, read_delimited, validate_manifest, write_manifest
 
 #: ADNI-style labels: ADNIMERGE ``DX`` / ``DX_bl`` and Clinica's ``sessions.tsv`` / ``participants.tsv`` values.
 DEFAULT_LABEL_MAP = {
@@ -300,18 +300,16 @@ def summary(frame: pd.DataFrame) -> str:
 # --- ADNIMERGE-like tables ------------------------------------------------------------------------------
 
 
-def read_table(path: str | Path) -> pd.DataFrame:
-    """A CSV (or ``.tsv``/``.tab``: tab-separated) table as strings, stripped."""
+def read_table(path: str | Path, numeric: Sequence[str] = ()) -> pd.DataFrame:
+    """A CSV (or ``.tsv``/``.tab``: tab-separated) table as stripped strings, indexed by each row's line in the file.
+
+    Read by :func:`pipeline.manifest.read_delimited`: spreadsheet exports (BOM, CRLF, a semicolon or tab delimiter,
+    blank lines) as they come; ``numeric`` columns of a semicolon-delimited file get decimal points.
+    """
     path = Path(path)
     if not path.is_file():
         raise FileNotFoundError(f"{path}: table not found")
-    sep = "\t" if path.suffix.lower() in (".tsv", ".tab") else ","
-    try:
-        frame = pd.read_csv(path, sep=sep, dtype=str, keep_default_na=False)
-    except (pd.errors.EmptyDataError, pd.errors.ParserError, UnicodeDecodeError) as err:
-        raise ValueError(f"{path}: not a readable table ({err})") from None
-    frame.columns = [str(c).strip() for c in frame.columns]
-    return frame.map(str.strip)
+    return read_delimited(path, numeric, what="table")
 
 
 def table_manifest(
@@ -355,7 +353,7 @@ def table_manifest(
     """
     label_map = parse_label_map(label_map)  # fail fast on a bad map
     covariates = dict(DEFAULT_TABLE_COVARIATES if covariates is None else covariates)
-    frame, root = read_table(table), Path(images_root)
+    frame, root = read_table(table, [covariates.get("age", "")]), Path(images_root)
     if not root.is_dir():
         raise FileNotFoundError(f"{root}: images root not found")
     placeholders = {"subject": subject_column, **({"visit": visit_column} if visit_column else {})}
@@ -368,7 +366,7 @@ def table_manifest(
         raise ValueError("give at least one of the MRI and fMRI path patterns")
     rows, unmatched = [], []
     for line, record in tqdm(
-        zip(itertools.count(2), frame.to_dict("records")), total=len(frame), desc="match", unit="row", disable=None
+        zip(frame.index, frame.to_dict("records")), total=len(frame), desc="match", unit="row", disable=None
     ):
         values = {**record, **{k: record[c] for k, c in placeholders.items()}}
         found = {m: pick_files(_expand(root, p, values, table), pick) for m, p in patterns.items()}
@@ -396,7 +394,7 @@ def _check_unique(frame: pd.DataFrame, table, keys: Sequence[str]) -> None:
     repeated = frame[frame.duplicated(keys, keep=False)]
     if not repeated.empty:
         first = repeated[(repeated[keys] == repeated[keys].iloc[0]).all(axis=1)]
-        lines = ", ".join(str(i + 2) for i in first.index)
+        lines = ", ".join(str(i) for i in first.index)
         value = " ".join(first[keys].iloc[0])
         raise ValueError(f"{table}: {' '.join(keys)} {value!r} appears on lines {lines}; each must be unique")
 

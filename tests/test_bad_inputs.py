@@ -4,21 +4,33 @@ the problem, and nothing left behind. The corpus is :mod:`tests.bad_inputs`; com
 
 from __future__ import annotations
 
+from pathlib import Path
+
 import pandas as pd
 import pytest
 
 from pipeline.cli import _one_line, main
 from pipeline.engine import BundleKeyError, check_bundle_keys
 from pipeline.engine.workflow import run_bundle
+from pipeline.manifest import LINE, load_manifest, read_manifest
+from pipeline.study.runner import prepare_folds
+from pipeline.study.spec import load_study
 from tests.bad_inputs import (
     FMRI_CASES,
+    GOOD_AGE,
+    GOOD_TR,
     HEADER_MANIFEST_CASES,
     IMAGE_CASES,
     MANIFEST_CASES,
     MRI_CASES,
+    SIDECAR_CASES,
+    SPREADSHEET_CASES,
     STUDY_CASES,
     TABLE_CASES,
+    TEXT_CASES,
     TR_CASES,
+    nan_scan,
+    write_t1,
 )
 from tests.conftest import REPO, run_cli
 
@@ -56,6 +68,28 @@ def test_manifest_check_names_the_row_and_the_problem(corpus, capsys, case):
     assert says(problems[0], corpus.expected(case, manifest)), problems
     assert len(captured.err.strip().splitlines()) == 1 and "Traceback" not in captured.err
     assert corpus.snapshot() == before
+
+
+# --- spreadsheet exports ----------------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize("case", SPREADSHEET_CASES)
+def test_a_spreadsheet_export_is_read_as_the_values_it_holds(corpus, case):
+    exported = corpus.spreadsheet(case)
+    frame = read_manifest(exported)
+    assert frame.drop(columns=LINE).equals(read_manifest(corpus.manifest()).drop(columns=LINE))
+    assert frame.loc[0, "tr"] == GOOD_TR and set(frame["age"]) == {GOOD_AGE}  # decimal commas read as points
+    rows = [
+        i for i, line in enumerate(exported.read_text().splitlines(), 1) if line.lstrip(" \ufeff").startswith("sub-")
+    ]
+    assert list(frame[LINE]) == rows  # the file's own lines
+
+
+def test_a_semicolon_export_with_decimal_commas_splits_with_its_values(corpus, tmp_path):
+    assert main(["split", str(corpus.spreadsheet("all-of-excel")), "--folds", "2", "--out", str(tmp_path)]) == 0
+    fold = read_manifest(tmp_path / "repeat-0_fold-0" / "manifest.csv").set_index("subject_id")
+    assert fold.loc["sub-01", "tr"] == GOOD_TR and fold.loc["sub-02", "tr"] == "2.0"  # given; from the header
+    assert set(fold["age"]) == {GOOD_AGE}
 
 
 # --- split ------------------------------------------------------------------------------------------------
@@ -155,12 +189,13 @@ def test_experiment_refuses_a_broken_study_naming_the_key(corpus, capsys, tmp_pa
 
 def test_experiment_refuses_broken_voxels_when_training_reads_them_and_leaves_no_run(corpus, capsys, tmp_path):
     # voxels are read by the training chain, not before the run: the failed job and the empty run are removed
-    nan = corpus.image("t1-nan-inf")
-    frame = pd.read_csv(corpus.manifest(), dtype=str, keep_default_na=False).assign(mri=nan.name)
+    frame = pd.read_csv(corpus.manifest(), dtype=str, keep_default_na=False)
+    # a scan of its own for every subject (one file under several subjects is refused before the run)
+    frame["mri"] = [write_t1(tmp_path / f"nan-{i}.nii.gz", nan_scan(seed=i)).name for i in range(len(frame))]
     frame.to_csv(tmp_path / "nan.csv", index=False)
     study = corpus.study(None, tmp_path / "nan.csv")
     line = refused(capsys, ["experiment", str(study), "--out", str(tmp_path / "run"), "--quiet"])
-    assert says(line, ["NaN or infinite voxel value(s)", str(nan)]), line
+    assert says(line, ["NaN or infinite voxel value(s)", f"{tmp_path}/nan-"]), line
     assert not (tmp_path / "run").exists()
 
 
@@ -235,6 +270,80 @@ def test_bundle_refuses_a_broken_manifest_before_writing(corpus, tmp_path, case)
     assert not out.exists()
 
 
+# --- sidecars ---------------------------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize("case", SIDECAR_CASES)
+def test_roi_names_a_sidecar_that_cannot_be_read(corpus, capsys, tmp_path, case):
+    corpus.sidecar(case)
+    bold = corpus.subject_files(13)[1]
+    line = refused(capsys, ["roi", str(bold), "--high-pass", "0.01", "--out", str(tmp_path / "out" / "s.tsv")])
+    assert says(line, corpus.expected(case)), line
+    assert not (tmp_path / "out").exists()
+
+
+def bids_with_sidecar(corpus, case: str):
+    """The DataLad dataset of the corpus (a BIDS dataset) with sub-01's BOLD sidecar broken as ``case`` says."""
+    root = corpus.datalad().parent
+    sidecar = root / "sub-01" / "func" / "sub-01_task-rest_space-MNI152NLin2009cAsym_bold.json"
+    sidecar.unlink()
+    corpus.sidecar(case).rename(sidecar)
+    return root, sidecar
+
+
+@pytest.mark.parametrize("case", SIDECAR_CASES)
+def test_from_bids_names_a_sidecar_that_cannot_be_read(corpus, capsys, tmp_path, case):
+    root, sidecar = bids_with_sidecar(corpus, case)
+    line = refused(capsys, ["manifest", "from-bids", str(root), "--out", str(tmp_path / "m.csv")])
+    named = sidecar.with_suffix(".nii.gz") if case == "sidecar-tr-text" else sidecar  # pybids merges sidecars
+    assert says(line, [SIDECAR_CASES[case][1], str(named)]), line
+    assert not (tmp_path / "m.csv").exists()
+
+
+# --- symbolic links (DataLad, git-annex) -------------------------------------------------------------------
+
+
+def assert_links_and_sidecar_tr(manifest):
+    """Every image path is the link a user sees (not resolved into .git/annex) and every TR the sidecar's 3 s."""
+    fold = read_manifest(manifest)
+    for path in [*fold["mri"], *fold["fmri"]]:
+        assert ".git" not in path and Path(path).is_symlink() and Path(path).is_absolute(), path
+    assert set(fold["tr"]) == {"3.0"}, fold["tr"]
+    assert set(load_manifest(manifest)["tr"]) == {"3.0"}
+
+
+def test_split_of_a_datalad_dataset_keeps_the_links_and_the_sidecar_tr(corpus, tmp_path):
+    manifest = corpus.datalad()
+    assert main(["split", str(manifest), "--folds", "2", "--out", str(tmp_path / "folds")]) == 0
+    for fold in (tmp_path / "folds").glob("*/manifest.csv"):
+        assert_links_and_sidecar_tr(fold)
+
+
+def test_study_folds_of_a_datalad_dataset_keep_the_links_and_the_sidecar_tr(corpus, tmp_path):
+    prepare_folds(load_study(corpus.study(None, corpus.datalad())), tmp_path / "run")
+    folds = list((tmp_path / "run").glob("folds/paired/*/manifest.csv"))
+    assert len(folds) == 2
+    for fold in folds:
+        assert_links_and_sidecar_tr(fold)
+
+
+def test_from_bids_of_a_datalad_dataset_keeps_the_links(corpus, tmp_path):
+    root = corpus.datalad().parent
+    assert main(["manifest", "from-bids", str(root), "--out", str(tmp_path / "m.csv")]) == 0
+    assert_links_and_sidecar_tr(tmp_path / "m.csv")
+
+
+def test_a_datalad_file_not_fetched_is_named(corpus, capsys):
+    manifest = corpus.datalad(fetched=False)
+    assert main(["manifest", "check", str(manifest), "--headers-only"]) == 1
+    run = manifest.parent / "sub-01" / "func" / "sub-01_task-rest_space-MNI152NLin2009cAsym_bold.nii.gz"
+    problems = [line for line in capsys.readouterr().out.splitlines() if str(manifest) in line]
+    assert problems == [
+        f"{manifest}:2: sub-01: fmri file not found: {run} (a symbolic link to a missing file: a DataLad / "
+        "git-annex file not fetched? `datalad get` it)"
+    ]
+
+
 # --- predict ----------------------------------------------------------------------------------------------
 
 #: the corpus's scans are coarse and short (6 mm T1, 16 mm 40-volume BOLD): the bundles' QC limits opened for them
@@ -284,7 +393,7 @@ def test_predict_refuses_a_broken_scan_and_writes_nothing(corpus, untrained, cap
     assert not (tmp_path / "out").exists()
 
 
-@pytest.mark.parametrize("case", ["tr-zero", *TABLE_CASES])
+@pytest.mark.parametrize("case", ["tr-zero", *TABLE_CASES, *(c for c in TEXT_CASES if not c.startswith("row-after"))])
 def test_predict_refuses_a_broken_manifest_and_writes_nothing(corpus, untrained, capsys, tmp_path, case):
     manifest = corpus.manifest(case)
     line = refused(capsys, predict(untrained, "fmri_lstm", tmp_path / "out", "--manifest", str(manifest)))

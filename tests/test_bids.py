@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import zlib
 from pathlib import Path
 
 import nibabel as nib
@@ -20,8 +21,10 @@ MNI = "space-MNI152NLin2009cAsym"
 
 
 def nifti(path: Path, shape: tuple[int, ...]) -> None:
+    """A small image whose voxels depend on its path: two subjects never share one (validation refuses that)."""
     path.parent.mkdir(parents=True, exist_ok=True)
-    nib.save(nib.Nifti1Image(np.arange(np.prod(shape), dtype=np.float32).reshape(shape), np.eye(4)), path)
+    data = np.arange(np.prod(shape), dtype=np.float32).reshape(shape) + zlib.crc32(str(path).encode()) % 9973
+    nib.save(nib.Nifti1Image(data, np.eye(4)), path)
 
 
 def tsv(path: Path, rows: list[dict]) -> None:
@@ -412,3 +415,19 @@ def test_builders_explain_themselves(command, capsys):
         main(["manifest", command, "--help"])
     assert caught.value.code == 0
     assert "--label-map" in capsys.readouterr().out
+
+
+def test_a_semicolon_table_with_decimal_commas_is_read(adni):
+    table, images = adni
+    text = table.read_text().replace(",", ";").replace("71.2", "71,2")
+    table.write_text("\ufeff" + text.replace("\n", "\r\n"))  # Excel's export in a comma-decimal locale
+    rows = rows_of(table_manifest(table, images))
+    assert rows[("002_S_0001", "bl")]["age"] == "71.2" and rows[("002_S_0001", "bl")]["diagnosis"] == "CN"
+
+
+def test_table_lines_are_the_files_own_after_blank_lines(adni):
+    table, images = adni
+    lines = table.read_text().splitlines()
+    table.write_text("\n".join([lines[0], "", *lines[1:], "", "3,003_S_0003,bl,MCI,66.5,Male"]) + "\n")
+    with pytest.raises(ValueError, match="appears on lines 6, 8"):
+        table_manifest(table, images)

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import gzip
 import shutil
 from pathlib import Path
 
@@ -39,7 +40,7 @@ def test_missing_required_column_is_named(images):
 
 def test_unknown_diagnosis_names_line_and_subject(images):
     path = write(images / "m.csv", "subject_id,diagnosis,mri\nsub-01,CN,t1.nii\nsub-02,Dementia,t1.nii\n")
-    problems = validate_manifest(read_manifest(path))
+    problems = validate_manifest(read_manifest(path), check_files=False)
     assert len(problems) == 1
     assert f"{path}:3: sub-02: unknown diagnosis 'Dementia'" in problems[0]
 
@@ -99,3 +100,41 @@ def test_paths_survive_rewriting_into_another_folder(images):
 def test_missing_confounds_file_is_reported(images):
     path = write(images / "m.csv", "subject_id,fmri,confounds\nsub-01,bold.nii,absent.tsv\n")
     assert "confounds file not found" in validate_manifest(read_manifest(path))[0]
+
+
+def test_one_image_under_two_subject_ids_is_refused_naming_both_rows(images):
+    path = write(
+        images / "m.csv", "subject_id,diagnosis,mri\nsub-006,CN,t1.nii\nsub-007,AD,bold.nii\nSUB-006,AD,t1.nii\n"
+    )
+    problems = validate_manifest(read_manifest(path), check_files=True)
+    assert problems[-2:] == [
+        f"{path}: subject IDs 'sub-006' (line 2) and 'SUB-006' (line 4) differ only by case: one subject under two "
+        "IDs? Spell it one way",
+        f"{path}: one image under different subjects (the same file): line 2 (sub-006) mri {images / 't1.nii'}; "
+        f"line 4 (SUB-006) mri {images / 't1.nii'}",
+    ]
+
+
+def test_one_image_compressed_twice_is_the_same_image(images):
+    raw = (images / "t1.nii").read_bytes()
+    (images / "a.nii.gz").write_bytes(gzip.compress(raw, compresslevel=1))
+    (images / "b.nii.gz").write_bytes(gzip.compress(raw, compresslevel=9))
+    path = write(images / "m.csv", "subject_id,mri\nsub-01,a.nii.gz\nsub-02,b.nii.gz\nsub-03,t1.nii\n")
+    problems = validate_manifest(read_manifest(path))
+    assert problems == [
+        f"{path}: one image under different subjects (identical header and data): line 2 (sub-01) mri "
+        f"{images / 'a.nii.gz'}; line 3 (sub-02) mri {images / 'b.nii.gz'}"
+    ]  # the .nii of the same image is not compared with the .nii.gz files (a fingerprint reads a few blocks)
+
+
+def test_sessions_of_one_subject_may_share_a_t1(images):
+    path = write(images / "m.csv", "subject_id,session_id,mri,fmri\nsub-01,bl,t1.nii,bold.nii\nsub-01,m12,t1.nii,\n")
+    assert validate_manifest(read_manifest(path)) == []
+
+
+def test_load_writes_each_runs_tr_from_its_sidecar(images):
+    (images / "bold.json").write_text('{"RepetitionTime": 3.0}')
+    path = write(images / "m.csv", "subject_id,mri,fmri,tr\nsub-01,t1.nii,bold.nii,\nsub-02,,bold2.nii,1.5\n")
+    shutil.copy(images / "bold.nii", images / "bold2.nii")
+    (images / "bold2.nii").write_bytes((images / "bold2.nii").read_bytes()[:-4] + b"\0\0\0\1")  # other voxels
+    assert list(load_manifest(path)["tr"]) == ["3.0", "1.5"]  # the sidecar's; the manifest's as given

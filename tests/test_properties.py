@@ -26,7 +26,7 @@ diagnoses = st.sampled_from(["", *CLASS_NAMES])
 
 @st.composite
 def valid_rows(draw, min_size: int = 1) -> list[dict]:
-    subjects = draw(st.lists(ids, min_size=min_size, max_size=12, unique=True))
+    subjects = draw(st.lists(ids, min_size=min_size, max_size=12, unique_by=str.casefold))  # sub-a, SUB-A: one
     rows = []
     for subject in subjects:
         modality = draw(st.sampled_from(["mri", "fmri", "both"]))
@@ -83,6 +83,8 @@ FAULTS = {
 def test_an_invalid_row_is_refused_naming_its_line(rows, data, fault, subject, text):
     if fault in ("unknown diagnosis", "unknown split") and text.upper() in (*CLASS_NAMES, "TRAIN", "VAL", "TEST"):
         reject()
+    if any(row["subject_id"] != subject and row["subject_id"].casefold() == subject.casefold() for row in rows):
+        reject()  # IDs that differ only by case are a fault of their own
     rows = [{**row, "split": ""} for row in rows]
     position = data.draw(st.integers(0, len(rows)))
     base = {**rows[0], "subject_id": subject, "session_id": "other"}

@@ -73,7 +73,7 @@ def cmd_manifest_check(args: argparse.Namespace) -> int:
 
 def cmd_split(args: argparse.Namespace) -> int:
     from pipeline.io import atomic_write_text
-    from pipeline.manifest import assign_folds, fold_manifest, load_manifest, write_manifest
+    from pipeline.manifest import assign_folds, fold_manifest, load_manifest, write_fold_manifest
 
     frame = load_manifest(args.manifest, require_diagnosis=True)
     folds = assign_folds(frame, args.folds, args.repeats, args.seed)
@@ -87,7 +87,7 @@ def cmd_split(args: argparse.Namespace) -> int:
     }
     atomic_write_text(out / "folds.csv", folds.to_csv(index=False))
     for path, part in parts.items():
-        write_manifest(part, path)
+        write_fold_manifest(part, path)
     print(
         f"{frame['subject_id'].nunique()} subjects -> {args.repeats} x {args.folds} folds; "
         f"wrote {out / 'folds.csv'} and one manifest per fold under {out}"
@@ -101,8 +101,9 @@ def _add_manifest(sub) -> None:
     check = msub.add_parser(
         "check",
         help="validate a manifest",
-        description="Validate a manifest: columns, diagnoses, duplicate subject/session rows, subjects in several "
-        "partitions; that every image exists, is readable NIfTI with the right dimensionality and a plausible grid, "
+        description="Validate a manifest (CSV, or semicolon- or tab-delimited as spreadsheets export it): columns, "
+        "diagnoses, duplicate subject/session rows, subjects in several partitions, subject IDs that differ only by "
+        "case, one image under different subjects (the same file, or the same content); that every image exists, is readable NIfTI with the right dimensionality and a plausible grid, "
         "holds all the data its header promises (not truncated) and has usable voxels (no NaN or infinite values, "
         "not blank, a BOLD run changing over time); and that every fMRI run has a plausible TR in seconds (manifest, "
         "sidecar or header). Every problem is printed with its file, line and subject; the exit status is 1 if any "
@@ -122,7 +123,9 @@ def _add_manifest(sub) -> None:
         help="subject-level stratified repeated k-fold",
         description="Assign subject-level, diagnosis-stratified, repeated k-fold splits (all sessions of a subject "
         "share a fold). Writes OUT/folds.csv and OUT/repeat-R_fold-F/manifest.csv with a split column "
-        "(test = the fold, val = a stratified fraction of the rest, train = the remainder) ready for the bundles.",
+        "(test = the fold, val = a stratified fraction of the rest, train = the remainder) ready for the bundles: "
+        "image paths absolute as the manifest gives them (symbolic links such as DataLad's kept, not resolved) and "
+        "each run's TR (manifest, sidecar or header) in the tr column.",
     )
     s.add_argument("manifest", help="manifest CSV with diagnoses")
     s.add_argument("--folds", type=int, default=5, help="k (default 5)")

@@ -159,7 +159,7 @@ def prepare_folds(study: Study, out: Path, tables: dict[Path, pd.DataFrame] | No
         if relative.name == "folds.csv":
             atomic_write_text(out / relative, table.to_csv(index=False))
         else:
-            pipeline.manifest.write_manifest(table, out / relative)
+            pipeline.manifest.write_fold_manifest(table, out / relative)
 
 
 def _git(*args: str) -> str | None:

@@ -14,9 +14,9 @@ the one chain used by training, evaluation, inference and the study runner.
 
 from __future__ import annotations
 
+import contextlib
 import fnmatch
 import functools
-import json
 import logging
 import math
 from collections.abc import Hashable, Mapping, Sequence
@@ -50,6 +50,7 @@ from monai.transforms import (
 from scipy import sparse
 
 from pipeline.atlas import Atlas, load_atlas
+from pipeline.images import SidecarError, read_sidecar
 from pipeline.networks.fmri_rnn import SEQUENCES
 from pipeline.transforms.checks import CheckImageFiled, CheckImageValuesd
 from pipeline.transforms.fmri_registration import FMRI_REGISTRATION_MODES, RegisterBOLDd
@@ -95,6 +96,14 @@ def _check_plausible(tr: float, source: str, bold_path: Path | str) -> float:
     return float(tr)
 
 
+def _seconds(value: Any, sidecar: Path) -> float:
+    """A sidecar's ``RepetitionTime`` as a number of seconds (a number, or text holding one)."""
+    if not isinstance(value, bool):
+        with contextlib.suppress(TypeError, ValueError):
+            return float(value)
+    raise TRError(f"{sidecar}: RepetitionTime {value!r} is not a number of seconds")
+
+
 def resolve_tr(bold_path: str | Path, manifest_tr: float | str | None = None, given_by: str = "the manifest") -> float:
     """Repetition time in seconds, from (in order) the manifest, the BIDS sidecar, the NIfTI header.
 
@@ -109,16 +118,19 @@ def resolve_tr(bold_path: str | Path, manifest_tr: float | str | None = None, gi
         given_by: where ``manifest_tr`` came from, for messages (e.g. ``"--tr"``).
 
     Raises:
-        TRError: no source gives a TR, or the TR found is implausible.
+        TRError: no source gives a TR, the TR found is implausible, or the sidecar cannot be read (named).
     """
     bold_path = Path(bold_path)
     if manifest_tr is not None and str(manifest_tr).strip() not in ("", "nan"):
         return _check_plausible(float(manifest_tr), given_by, bold_path)
     sidecar = _sidecar_of(bold_path)
-    if sidecar.is_file():
-        tr = json.loads(sidecar.read_text()).get("RepetitionTime")
+    if sidecar.is_file() or sidecar.is_symlink():  # a link to nothing (a git-annex file not fetched) is refused
+        try:
+            tr = read_sidecar(sidecar).get("RepetitionTime")
+        except SidecarError as err:
+            raise TRError(str(err)) from None
         if tr is not None:
-            return _check_plausible(float(tr), f"sidecar {sidecar.name}", bold_path)
+            return _check_plausible(_seconds(tr, sidecar), f"sidecar {sidecar.name}", bold_path)
     header = nib.load(str(bold_path)).header
     zooms = header.get_zooms()
     unit = header.get_xyzt_units()[1]
