@@ -282,6 +282,15 @@ def test_roi_names_a_sidecar_that_cannot_be_read(corpus, capsys, tmp_path, case)
     assert not (tmp_path / "out").exists()
 
 
+@pytest.mark.parametrize("case", ["sidecar-list", "sidecar-truncated"])
+def test_predict_names_a_sidecar_that_cannot_be_read(corpus, untrained, capsys, tmp_path, case):
+    corpus.sidecar(case)
+    bold = corpus.subject_files(13)[1]
+    line = refused(capsys, predict(untrained, "fmri_lstm", tmp_path / "out", "--fmri", str(bold)))
+    assert says(line, corpus.expected(case)), line
+    assert not (tmp_path / "out").exists()
+
+
 def bids_with_sidecar(corpus, case: str):
     """The DataLad dataset of the corpus (a BIDS dataset) with sub-01's BOLD sidecar broken as ``case`` says."""
     root = corpus.datalad().parent
