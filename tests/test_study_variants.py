@@ -7,7 +7,7 @@ import pytest
 import yaml
 
 from pipeline.study.spec import StudyError
-from pipeline.study.variants import load_variants
+from pipeline.study.variants import load_variants, variant_study
 from tests.conftest import TINY_OVERRIDES, run_cli
 
 
@@ -81,3 +81,13 @@ def test_a_variant_key_of_the_wrong_type_is_refused_naming_the_variant(tmp_path)
     path = _write(tmp_path, {"a": {}, "b": {"epochs": "5"}}, reference="a")
     with pytest.raises(StudyError, match=r"variants.b: .*epochs"):
         load_variants(path)
+
+
+def test_only_the_reference_variant_fits_the_baselines(tmp_path):
+    path = _write(tmp_path, {"a": {}, "b": {"epochs": 3}}, reference="a")
+    study = yaml.safe_load((tmp_path / "study.yaml").read_text())
+    (tmp_path / "study.yaml").write_text(yaml.safe_dump({**study, "baselines": True}))
+    (tmp_path / "manifest.csv").write_text("subject_id,diagnosis\n")
+    variants = load_variants(path)
+    assert variant_study(variants, "a").baselines and not variant_study(variants, "b").baselines
+    assert variant_study(variants, "b").overrides["epochs"] == 3

@@ -8,11 +8,12 @@ A variants file names a study YAML and the bundle keys each variant adds to the 
       default: {}
       epochs-30: {epochs: 30}
 
-Every variant runs as a study of its own in ``OUT/<variant>/`` (resumable like any study); all share one
-registration cache (``OUT/cache/registration``: content-keyed and written atomically, so sharing is safe). The folds
-depend only on the cohort and ``cv``, so the variants' jobs pair by (cohort, model, augmentation, repeat, fold); the
-training seeds of a split are averaged, and each variant's difference from the reference is tested with the
-corrected resampled t-test of :func:`pipeline.study.stats.corrected_ttest`.
+Every variant runs as a study of its own in ``OUT/<variant>/`` (resumable like any study; the study's baselines
+and ceiling only in the reference's); all share one registration cache (``OUT/cache/registration``: content-keyed
+and written atomically, so sharing is safe). The folds depend only on the cohort and ``cv``, so the variants' jobs
+pair by (cohort, model, augmentation, repeat, fold); the training seeds of a split are averaged, and each variant's
+difference from the reference is tested with the corrected resampled t-test of
+:func:`pipeline.study.stats.corrected_ttest`.
 """
 
 from __future__ import annotations
@@ -85,11 +86,18 @@ def load_variants(path: str | Path, manifests: dict[str, str] | None = None) -> 
 
 
 def variant_study(variants: Variants, name: str) -> Study:
-    """The base study with variant ``name``'s bundle keys added to its overrides (and recorded in its YAML text)."""
+    """The base study with variant ``name``'s bundle keys added to its overrides (and recorded in its YAML text).
+
+    Only the reference variant fits the study's baselines and ceiling: they read the inputs, not the recipe.
+    """
     keys = variants.variants[name]
     text = f"{variants.study.text.rstrip()}\n# variant {name} of {variants.path.name}: overrides plus {keys}\n"
     return dataclasses.replace(
-        variants.study, name=f"{variants.study.name}.{name}", overrides={**variants.study.overrides, **keys}, text=text
+        variants.study,
+        name=f"{variants.study.name}.{name}",
+        overrides={**variants.study.overrides, **keys},
+        text=text,
+        baselines=variants.study.baselines if name == variants.reference else (),
     )
 
 
