@@ -3,13 +3,18 @@
 from __future__ import annotations
 
 import logging
+import pickle
 from collections.abc import Callable, Mapping, Sequence
+from copy import deepcopy
 from pathlib import Path
 
+import torch
 from monai.data import CacheDataset, Dataset, PersistentDataset
-from monai.data.utils import pickle_hashing
+from monai.data.utils import SUPPORTED_PICKLE_MOD, pickle_hashing
+from monai.utils import convert_to_tensor, look_up_option
 
 from pipeline import CLASS_NAMES
+from pipeline.io import atomic_path
 from pipeline.manifest import ManifestError, load_manifest
 from pipeline.transforms.fmri import TRError, resolve_tr
 
@@ -88,27 +93,37 @@ def _item(row, modalities: Sequence[str], keys: Mapping[str, str], labelled: boo
 
 
 class RecoveringPersistentDataset(PersistentDataset):
-    """MONAI's ``PersistentDataset`` that recomputes any cache file it cannot load.
+    """MONAI's ``PersistentDataset`` whose cache files are written atomically in the cache folder, and which
+    recomputes any cache file it cannot load.
 
     MONAI writes a cache file in the system's temporary folder and moves it into ``cache_dir``; where the two are on
-    different file systems the move is a copy, and a run killed during it leaves a truncated file under the final
-    name. MONAI recomputes only some corrupt files; a truncated one failed every later run (``PytorchStreamReader failed
-    reading zip archive``, ``OSError: Invalid argument``), so a killed study could not resume. Arguments are those of
+    different file systems the move is a copy, so a run killed during it left a truncated file under the final name
+    that failed every later run (``PytorchStreamReader failed reading zip archive``), and two processes sharing the
+    cache (a study's parallel fold jobs) could read each other's half-copied file, or remove it while it was being
+    copied. Here the file is written to a temporary name beside its final one and renamed, so a reader sees a whole
+    file or none; one left unreadable by an older version is recomputed. Arguments are those of
     :class:`monai.data.PersistentDataset`.
     """
 
     def _cachecheck(self, item_transformed):
-        try:
-            return super()._cachecheck(item_transformed)
-        except PermissionError:
-            raise
-        except (RuntimeError, OSError, EOFError):  # how torch.load fails on a truncated file depends on where it ends
-            hashfile = self._cache_file(item_transformed)
-            if hashfile is None or not hashfile.is_file():
-                raise  # not a cache file that failed to load: the transform's own error
-            logger.warning("%s: unreadable cache file (left by a killed run?); recomputing it", hashfile)
-            hashfile.unlink()
-            return super()._cachecheck(item_transformed)
+        hashfile = self._cache_file(item_transformed)
+        if hashfile is not None and hashfile.is_file():
+            try:
+                return torch.load(hashfile, weights_only=self.weights_only)
+            except PermissionError:
+                raise
+            except (pickle.UnpicklingError, RuntimeError, OSError, EOFError):  # how depends on where a file ends
+                logger.warning("%s: unreadable cache file (left by a killed run?); recomputing it", hashfile)
+        item = self._pre_transform(deepcopy(item_transformed))  # keep the hashed original
+        if hashfile is not None:
+            with atomic_path(hashfile, suffix=".pt") as temporary:
+                torch.save(
+                    convert_to_tensor(item, convert_numeric=False, track_meta=self.track_meta),
+                    temporary,
+                    pickle_module=look_up_option(self.pickle_module, SUPPORTED_PICKLE_MOD),
+                    pickle_protocol=self.pickle_protocol,
+                )
+        return item
 
     def _cache_file(self, item_transformed) -> Path | None:
         """Where MONAI keeps the cache of ``item_transformed``."""

@@ -42,12 +42,40 @@ def _print_report(out: Path, n_resamples: int) -> None:
     print(f"report: {report.paths['html']} and {report.paths['markdown']}")
 
 
+def _execution(args: argparse.Namespace):
+    """The :class:`~pipeline.study.executor.Execution` of the ``--jobs`` / ``--executor`` / ``--slurm-*`` flags."""
+    from pipeline.study.executor import Execution
+
+    slurm = {
+        "partition": getattr(args, "slurm_partition", None),
+        "time_min": getattr(args, "slurm_time", None),
+        "mem_gb": getattr(args, "slurm_mem", None),
+        "cpus": getattr(args, "slurm_cpus", None),
+    }
+    try:
+        return Execution(
+            executor=getattr(args, "executor", "process"),
+            jobs=args.jobs,
+            threads_per_job=args.threads_per_job,
+            wait=not getattr(args, "no_wait", False),
+            slurm=slurm,
+        )
+    except ValueError as err:
+        raise CommandError(str(err)) from None
+
+
 def cmd_experiment(args: argparse.Namespace) -> int:
     from pipeline.study.runner import run_study
     from pipeline.study.spec import load_study
 
+    execution = _execution(args)
     study = load_study(args.study, _parse_cohort_overrides(args.cohort))
-    missing = run_study(study, args.out, shard=args.shard, progress=not args.quiet)
+    missing = run_study(study, args.out, shard=args.shard, progress=not args.quiet, execution=execution)
+    if missing and not execution.wait:
+        print(f"study {study.name}: {len(missing)} job(s) submitted or still missing; when they have finished, run")
+        print(f"`neurofusion report {args.out}`, or re-run this command to submit failed jobs again and fit the")
+        print("baselines.")
+        return 0
     if missing:  # other shards' jobs: the report is rendered once, by whoever asks for it
         print(f"study {study.name}: this shard is done; {len(missing)} job(s) of other shards still missing.")
         print(f"run `neurofusion report {args.out}` to aggregate whatever is finished.")
@@ -93,7 +121,7 @@ def cmd_demo(args: argparse.Namespace) -> int:
     manifests = {"paired": str(cohort / "manifest_paired.csv"), "mri_only": str(cohort / "manifest_mri_only.csv")}
     study = load_study(args.study, manifests)
     print(f"[2/3] running {args.study} ({study.name}) into {out / 'study'}")
-    run_study(study, out / "study", progress=True)
+    run_study(study, out / "study", progress=True, execution=_execution(args))
     print("[3/3] summary (mean over folds and 95% CI; chance balanced accuracy 0.333):")
     _print_report(out / "study", args.bootstrap)
     print(f"demo finished in {(time.perf_counter() - started) / 60:.1f} min. The cohort is synthetic: see README.")
@@ -116,6 +144,49 @@ def _add_bootstrap(parser: argparse.ArgumentParser) -> None:
     )
 
 
+def _add_jobs(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument(
+        "--jobs",
+        type=_positive_int,
+        metavar="N",
+        help="fold jobs at once, each in its own process (default: the cores this process may use; 1 runs them in "
+        "this process). With --executor slurm: the job array's parallelism (default: no limit)",
+    )
+    parser.add_argument(
+        "--threads-per-job",
+        type=_positive_int,
+        metavar="N",
+        help="torch / OpenMP / MKL threads of each job (default: the cores divided by --jobs; --slurm-cpus on a "
+        "cluster)",
+    )
+
+
+def _add_cluster(parser: argparse.ArgumentParser) -> None:
+    from pipeline.study.executor import EXECUTORS
+
+    parser.add_argument(
+        "--executor",
+        choices=EXECUTORS,
+        default="process",
+        help="process: local worker processes (default); slurm: a Slurm job array through submitit (pip install "
+        "'neurofusion[slurm]'), logs in RUN/logs/slurm/; local: the same submitit code path without Slurm",
+    )
+    parser.add_argument("--slurm-partition", metavar="P", help="Slurm partition (required with --executor slurm)")
+    parser.add_argument("--slurm-time", type=_positive_int, metavar="MIN", help="time limit of a job (default 60)")
+    parser.add_argument(
+        "--slurm-mem", type=_positive_int, metavar="GB", help="memory of a job (default: the partition's)"
+    )
+    parser.add_argument(
+        "--slurm-cpus", type=_positive_int, metavar="N", help="CPUs of a job (default: --threads-per-job, or 1)"
+    )
+    parser.add_argument(
+        "--no-wait",
+        action="store_true",
+        help="return once the fold jobs are submitted (registration is awaited); `neurofusion report RUN` renders "
+        "them when they finish, and re-running submits failed ones again and fits the baselines",
+    )
+
+
 def register(sub) -> None:
     e = sub.add_parser(
         "experiment",
@@ -132,6 +203,8 @@ def register(sub) -> None:
     e.add_argument("--shard", help="run only share i of n of the jobs, as i/n with 0 <= i < n (cluster arrays)")
     e.add_argument("--cohort", action="append", metavar="NAME=MANIFEST", help="replace a cohort's manifest")
     e.add_argument("--quiet", action="store_true", help="no progress bar")
+    _add_jobs(e)
+    _add_cluster(e)
     _add_bootstrap(e)
     e.set_defaults(func=cmd_experiment)
 
@@ -174,5 +247,6 @@ def register(sub) -> None:
     d.add_argument("--study", default=str(PAPER_STUDY), help="study YAML (default: the paper study)")
     d.add_argument("--n-mri-only", type=int, default=300, help="size of the MRI-only cohort (default 300)")
     d.add_argument("--seed", type=int, default=0, help="cohort seed (default 0)")
+    _add_jobs(d)
     _add_bootstrap(d)
     d.set_defaults(func=cmd_demo)

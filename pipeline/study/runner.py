@@ -25,8 +25,8 @@ every shard that needs them.
 
 from __future__ import annotations
 
+import functools
 import json
-import os
 import shutil
 import subprocess
 import time
@@ -35,7 +35,6 @@ from dataclasses import asdict, dataclass
 from pathlib import Path
 
 import pandas as pd
-from tqdm import tqdm
 
 import pipeline
 from pipeline.engine.metrics import classification_metrics
@@ -43,6 +42,7 @@ from pipeline.engine.workflow import run_bundle
 from pipeline.io import atomic_write_json, atomic_write_text
 from pipeline.manifest import assign_folds, check_no_leakage, fold_manifest, load_manifest, manifest_sha256
 from pipeline.study import transfer
+from pipeline.study.executor import Execution, run_jobs
 from pipeline.study.spec import Study
 from pipeline.study.stats import is_collapsed, labels_and_probabilities
 
@@ -336,8 +336,9 @@ def registration_settings(study: Study, cohort, model: str) -> dict | None:
     return {"level_mm": float(parser.get_parsed_content("mri_registration_mm"))}
 
 
-def register_subjects(study: Study, out: Path, workers: int, progress: bool = True) -> None:
-    """Register every T1 the study's models read into :func:`registration_cache`, ``workers`` processes at once,
+def register_subjects(study: Study, out: Path, execution: Execution, progress: bool = True) -> None:
+    """Register every T1 the study's models read into :func:`registration_cache` through ``execution`` (one job a
+    T1 in local worker processes; ``execution.at_once`` submitted jobs of ``execution.threads`` processes each),
     before the fold jobs run (they then read each registration from the cache)."""
     from pipeline.transforms.registration import register_files
 
@@ -351,33 +352,54 @@ def register_subjects(study: Study, out: Path, workers: int, progress: bool = Tr
                 todo.setdefault(tuple(sorted(settings.items())), []).extend(paths)
     for settings, paths in todo.items():
         paths = list(dict.fromkeys(paths))
-        with tqdm(total=len(paths), desc="registering T1s to MNI152", unit="T1", disable=not progress) as bar:
-            register_files(paths, dict(settings), registration_cache(out), workers, progress=bar.update)
+        work = functools.partial(register_files, settings=dict(settings), cache_dir=registration_cache(out))
+        chunks = [[path] for path in paths]
+        if execution.submitted:
+            work = functools.partial(work, workers=execution.threads)
+            chunks = [paths[i :: execution.at_once or 1] for i in range(min(len(paths), execution.at_once or 1))]
+        run_jobs(
+            work,
+            chunks,
+            execution,
+            desc="registering T1s to MNI152",
+            unit="T1" if not execution.submitted else "job",
+            progress=progress,
+            log_dir=job_logs(out, execution) / "registration",
+            wait=True,  # the fold jobs read the cache
+        )
 
 
-def default_workers() -> int:
-    """Processes a study may run at once: the cores this process may use."""
-    return len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count() or 1
+def job_logs(out: Path, execution: Execution) -> Path:
+    """Folder of the logs of a run's submitted jobs: ``RUN/logs/<slurm|local>``."""
+    return Path(out) / "logs" / execution.executor
+
+
+def abandon_job(out: Path, job: Job) -> None:
+    """Remove the folder of a job stopped before it finished (no ``done.json``), so the next run starts it again."""
+    if not (out / job.job_dir / "done.json").exists():
+        shutil.rmtree(out / job.job_dir, ignore_errors=True)
 
 
 def run_study(
-    study: Study, out: str | Path, shard: str | None = None, progress: bool = True, workers: int | None = None
+    study: Study, out: str | Path, shard: str | None = None, progress: bool = True, execution: Execution | None = None
 ) -> list[Job]:
     """Run this shard's unfinished jobs of ``study`` into ``out``; returns the jobs still missing overall.
 
     The reference jobs (:mod:`pipeline.study.baselines`) run after the deep jobs, all in one shard (the first), so
-    their features are computed once.
+    their features are computed once; with jobs submitted without waiting, a later run does them.
 
     Args:
         study: parsed study.
         out: run folder (created; an existing one is resumed).
         shard: ``"i/n"`` to run only every n-th job starting at i (cluster array jobs).
         progress: show a progress bar with ETA over jobs.
-        workers: processes registering T1s before the jobs (default: :func:`default_workers`).
+        execution: how the registrations and fold jobs run (default: :class:`~pipeline.study.executor.Execution`,
+            as many local worker processes as cores).
     """
     from pipeline.study import baselines
 
     out = Path(out)
+    execution = execution or Execution()
     index, count = parse_shard(shard)
     tables = fold_tables(study)  # a cohort that cannot be used is refused before the run folder exists
     transfers = transfer.plan_transfer(study)  # and so is a transfer that would leak
@@ -389,13 +411,21 @@ def run_study(
         references = baselines.write_references(study, out)
         prepare_folds(study, out, tables)
         transfer.write_records(transfers, out)
-        register_subjects(study, out, workers or default_workers(), progress)
+        register_subjects(study, out, execution, progress)
         mine = [job for job in shard_jobs(jobs, index, count) if not (out / job.job_dir / "done.json").exists()]
         # stage 1: the encoders this shard's fold jobs start from; stage 2: the fold jobs
         transfer.run_pretraining(study, out, transfers, transfer.needed(study, mine), (index, count), progress)
-        for job in tqdm(mine, desc=f"{study.name} fold jobs", unit="job", disable=not progress):
-            run_job(study, job, out)
-        if index == 0:
+        finished = run_jobs(
+            functools.partial(run_job, study, out=out),
+            mine,
+            execution,
+            desc=f"{study.name} fold jobs",
+            progress=progress,
+            label=lambda job: str(job.job_dir),
+            abandon=functools.partial(abandon_job, out),
+            log_dir=job_logs(out, execution),
+        )
+        if index == 0 and finished:
             baselines.run_references(study, out, references, progress)
     except Exception:
         if fresh and not _finished(out):  # nothing of value: leave no partial run folder behind

@@ -1,0 +1,342 @@
+"""Run a list of independent jobs: in this process, in a pool of local processes, or on a cluster through submitit.
+
+:func:`run_jobs` takes any picklable ``work(item)`` and a list of items (a study's fold jobs, its T1s to register, a
+pretraining stage) and an :class:`Execution` that says how:
+
+- ``process`` (default): up to ``jobs`` items at once, each in a spawned worker process whose torch / OpenMP / MKL /
+  BLAS thread count is ``threads_per_job`` (default: the cores divided by ``jobs``), so they do not oversubscribe the
+  cores; one job at a time runs in this process. A progress bar counts finished items with an ETA. On Ctrl-C
+  (``KeyboardInterrupt``) or a failed item, no new item starts; on Ctrl-C the workers are stopped, and every item
+  that did not finish is handed to ``abandon`` once its worker is gone (the study runner removes its folder), so
+  nothing half-written stays.
+- ``slurm`` (``pip install neurofusion[slurm]``): the items are submitted as one Slurm job array through submitit,
+  logs under ``log_dir`` (``<array id>_<task>_log.{out,err}``); ``local`` runs the same code path through submitit's
+  local executor (one process per item, no Slurm). Waits for the array unless ``wait`` is false; items that failed
+  are listed with their log. Submitted jobs are recorded in ``log_dir/submitted.json``: a re-run waits for those
+  still queued or running instead of submitting them again, and submits the others.
+
+Results of the items are not returned: a job writes its own output (a study's ``done.json``).
+"""
+
+from __future__ import annotations
+
+import contextlib
+import json
+import logging
+import os
+import signal
+from collections.abc import Callable, Iterator, Sequence
+from concurrent import futures
+from concurrent.futures.process import BrokenProcessPool
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, TypeVar
+
+from tqdm import tqdm
+
+from pipeline.io import atomic_write_json
+
+logger = logging.getLogger(__name__)
+
+T = TypeVar("T")
+EXECUTORS = ("process", "slurm", "local")
+#: environment variables that size the thread pools of torch (OpenMP), MKL, OpenBLAS and numexpr
+THREAD_VARIABLES = ("OMP_NUM_THREADS", "MKL_NUM_THREADS", "OPENBLAS_NUM_THREADS", "NUMEXPR_NUM_THREADS")
+#: Slurm states of a job that may still run (``sacct``), so a re-run waits for it rather than submitting it again
+ACTIVE_STATES = {"PENDING", "RUNNING", "REQUEUED", "CONFIGURING", "COMPLETING", "SUSPENDED", "RESIZING"}
+SUBMITTED = "submitted.json"
+
+
+def available_cores() -> int:
+    """Cores this process may use (its CPU affinity where the system has one)."""
+    return len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count() or 1
+
+
+@dataclass(frozen=True)
+class Execution:
+    """How a list of jobs runs.
+
+    Args:
+        executor: ``process`` (local worker processes), ``slurm`` (a Slurm job array through submitit) or ``local``
+            (submitit's local executor: the cluster code path without Slurm).
+        jobs: jobs at once (None: :func:`available_cores`); for ``slurm``, the array's parallelism (None: no limit).
+        threads_per_job: compute threads of each job (None: the cores divided by ``jobs``; ``slurm_cpus`` on a
+            cluster).
+        wait: wait for submitted jobs to finish (``slurm`` / ``local``).
+        slurm: submitit resources: ``partition``, ``time_min``, ``mem_gb``, ``cpus`` (per job).
+    """
+
+    executor: str = "process"
+    jobs: int | None = None
+    threads_per_job: int | None = None
+    wait: bool = True
+    slurm: dict[str, Any] = field(default_factory=dict)
+
+    def __post_init__(self) -> None:
+        if self.executor not in EXECUTORS:
+            raise ValueError(f"executor must be one of {', '.join(EXECUTORS)}, got {self.executor!r}")
+        if self.executor == "slurm" and not self.slurm.get("partition"):
+            raise ValueError("--executor slurm needs --slurm-partition")
+
+    @property
+    def submitted(self) -> bool:
+        """Jobs go through submitit (``slurm`` or ``local``) rather than local worker processes."""
+        return self.executor != "process"
+
+    @property
+    def at_once(self) -> int:
+        """Jobs that run at the same time on this machine (``process``) or the array's parallelism (0: no limit)."""
+        if self.submitted:
+            return self.jobs or 0
+        return self.jobs or available_cores()
+
+    @property
+    def threads(self) -> int:
+        """Compute threads of each job."""
+        if self.threads_per_job:
+            return self.threads_per_job
+        if self.submitted:
+            return int(self.slurm.get("cpus") or 1)
+        return max(1, available_cores() // self.at_once)
+
+
+def set_threads(threads: int) -> None:
+    """Size this process's torch thread pool and, through :data:`THREAD_VARIABLES`, those of the libraries and
+    processes it starts from now on."""
+    import torch
+
+    os.environ.update({name: str(threads) for name in THREAD_VARIABLES})
+    torch.set_num_threads(threads)
+
+
+@contextlib.contextmanager
+def thread_limit(threads: int) -> Iterator[None]:
+    """:func:`set_threads` for the duration of the block, then the previous settings again."""
+    import torch
+
+    saved, torch_threads = {name: os.environ.get(name) for name in THREAD_VARIABLES}, torch.get_num_threads()
+    set_threads(threads)
+    try:
+        yield
+    finally:
+        for name, value in saved.items():
+            if value is None:
+                os.environ.pop(name, None)
+            else:
+                os.environ[name] = value
+        torch.set_num_threads(torch_threads)
+
+
+def run_jobs(
+    work: Callable[[T], Any],
+    items: Sequence[T],
+    execution: Execution,
+    *,
+    desc: str = "jobs",
+    unit: str = "job",
+    progress: bool = True,
+    label: Callable[[T], str] = str,
+    abandon: Callable[[T], None] | None = None,
+    log_dir: Path | None = None,
+    wait: bool | None = None,
+) -> bool:
+    """Run ``work(item)`` for every item as ``execution`` says (module docstring).
+
+    Args:
+        work: a picklable callable (a module-level function or a ``functools.partial`` of one).
+        items: picklable arguments of ``work``, one job each.
+        execution: how the jobs run.
+        desc: progress bar label.
+        unit: progress bar unit.
+        progress: show the progress bar.
+        label: a job's name in messages (and its key in ``submitted.json``).
+        abandon: called with each job that was stopped before it finished, once nothing runs it any more.
+        log_dir: folder of the submitit logs and ``submitted.json`` (``slurm`` / ``local``; required there).
+        wait: overrides ``execution.wait`` (a stage that later jobs need sets True).
+
+    Returns:
+        True when every job finished; False when submitted jobs were left running (``wait`` false).
+
+    Raises:
+        Exception: the first failed job's error (local jobs); RuntimeError listing every failed job and its log
+            (submitted jobs).
+    """
+    if not items:
+        return True
+    bar = tqdm(total=len(items), desc=desc, unit=unit, disable=not progress, dynamic_ncols=True)
+    with bar:
+        if execution.submitted:
+            if log_dir is None:
+                raise ValueError(f"{execution.executor} executor: no log folder given")
+            wait = execution.wait if wait is None else wait
+            return _run_submitit(work, items, execution, bar, label, Path(log_dir), wait)
+        if execution.at_once == 1 or len(items) == 1:
+            _run_here(work, items, execution.threads, bar)
+        else:
+            _run_pool(work, items, execution, bar, label, abandon)
+    return True
+
+
+def _run_here(work: Callable[[T], Any], items: Sequence[T], threads: int, bar: tqdm) -> None:
+    with thread_limit(threads):
+        for item in items:
+            work(item)
+            bar.update()
+
+
+def _start_worker(threads: int) -> None:
+    """Initialiser of a pool worker: its threads, and no reaction to Ctrl-C (the parent stops it with SIGTERM,
+    which unwinds the running job so its own clean-up runs)."""
+    set_threads(threads)
+    signal.signal(signal.SIGINT, signal.SIG_IGN)
+    signal.signal(signal.SIGTERM, _exit_on_term)
+
+
+def _exit_on_term(signum, frame) -> None:
+    raise SystemExit(128 + signum)
+
+
+def _run_pool(work, items, execution: Execution, bar: tqdm, label, abandon) -> None:
+    """At most ``execution.at_once`` items in flight in spawned workers; a new one starts when one finishes."""
+    import multiprocessing
+
+    pending, running = list(reversed(items)), {}
+    failure: BaseException | None = None
+    with thread_limit(execution.threads):  # the workers inherit the environment when they are spawned
+        pool = futures.ProcessPoolExecutor(
+            max_workers=min(execution.at_once, len(items)),
+            mp_context=multiprocessing.get_context("spawn"),
+            initializer=_start_worker,
+            initargs=(execution.threads,),
+        )
+    try:
+        while pending or running:
+            while pending and failure is None and len(running) < execution.at_once:
+                item = pending.pop()
+                running[pool.submit(work, item)] = item
+            if not running:
+                break
+            done, _ = futures.wait(running, return_when=futures.FIRST_COMPLETED)
+            for future in done:
+                item = running.pop(future)
+                error = future.exception()
+                if error is None:
+                    bar.update()
+                elif failure is None:
+                    failure = _job_error(label(item), error)
+                    if running:
+                        logger.warning("%s; waiting for %d running job(s) to finish", failure, len(running))
+    except BaseException:  # Ctrl-C: stop the workers, then drop what they left unfinished
+        _stop(pool)
+        for item in running.values():
+            if abandon is not None:
+                abandon(item)
+        raise
+    pool.shutdown()
+    if failure is not None:
+        raise failure
+
+
+def _job_error(name: str, error: BaseException) -> BaseException:
+    """The error a job raised (as a sequential run would raise it), or one naming the job whose worker died."""
+    if isinstance(error, BrokenProcessPool):
+        return RuntimeError(f"{name}: its worker process died (killed, or out of memory?)")
+    return error
+
+
+def _stop(pool: futures.ProcessPoolExecutor) -> None:
+    """Terminate a pool's workers and wait until they are gone."""
+    processes = list(getattr(pool, "_processes", {}).values())  # no public handle before Python 3.14
+    pool.shutdown(wait=False, cancel_futures=True)
+    for process in processes:
+        process.terminate()
+    for process in processes:
+        process.join(timeout=30)
+        if process.is_alive():
+            process.kill()
+            process.join()
+
+
+# --- submitit (Slurm, or its local executor) ---------------------------------------------------------------------
+
+
+def _in_job(work: Callable[[T], Any], threads: int, item: T) -> None:
+    """What a submitted job runs: ``work(item)`` with ``threads`` compute threads."""
+    set_threads(threads)
+    work(item)
+
+
+def _submitit():
+    try:
+        import submitit
+    except ImportError:
+        raise RuntimeError("--executor slurm/local needs submitit: pip install 'neurofusion[slurm]'") from None
+    return submitit
+
+
+def _executor(execution: Execution, log_dir: Path):
+    submitit = _submitit()
+    resources = execution.slurm
+    executor = submitit.AutoExecutor(folder=log_dir, cluster=execution.executor)
+    executor.update_parameters(
+        name="neurofusion",
+        timeout_min=int(resources.get("time_min") or 60),
+        mem_gb=resources.get("mem_gb"),
+        cpus_per_task=int(resources.get("cpus") or execution.threads),
+        slurm_partition=resources.get("partition"),
+        slurm_array_parallelism=execution.at_once or None,
+    )
+    return executor
+
+
+def _still_active(submitit, execution: Execution, log_dir: Path, recorded: dict[str, str], names: list[str]) -> dict:
+    """Recorded Slurm jobs of ``names`` that are still queued or running (name -> job). Jobs of submitit's local
+    executor cannot be found again from another process, so they are never waited for a second time."""
+    if execution.executor != "slurm":
+        return {}
+    jobs = {name: submitit.SlurmJob(folder=log_dir, job_id=recorded[name]) for name in names if name in recorded}
+    return {name: job for name, job in jobs.items() if job.state in ACTIVE_STATES}
+
+
+def _run_submitit(work, items, execution: Execution, bar: tqdm, label, log_dir: Path, wait: bool) -> bool:
+    import functools
+
+    submitit = _submitit()
+    log_dir.mkdir(parents=True, exist_ok=True)
+    ledger = log_dir / SUBMITTED
+    recorded = json.loads(ledger.read_text()) if ledger.is_file() else {}
+    names = [label(item) for item in items]
+    jobs = _still_active(submitit, execution, log_dir, recorded, names)
+    if jobs:
+        print(f"{len(jobs)} job(s) still queued or running from an earlier submission: not submitted again")
+    new = [(name, item) for name, item in zip(names, items) if name not in jobs]
+    if new:
+        executor = _executor(execution, log_dir)
+        submitted = executor.map_array(functools.partial(_in_job, work, execution.threads), [i for _, i in new])
+        jobs.update({name: job for (name, _), job in zip(new, submitted)})
+        atomic_write_json(ledger, {**recorded, **{name: job.job_id for name, job in jobs.items()}})
+        print(
+            f"submitted {len(submitted)} job(s) ({execution.executor}, array {submitted[0].job_id.split('_')[0]}); "
+            f"logs in {log_dir}"
+        )
+    if not wait:
+        return False
+    by_job = {id(job): name for name, job in jobs.items()}
+    failures = []
+    poll = 30.0 if execution.executor == "slurm" else 0.5
+    try:
+        for job in submitit.helpers.as_completed(list(jobs.values()), poll_frequency=poll):
+            if job.exception() is None:
+                bar.update()
+            else:
+                failures.append(f"{by_job[id(job)]} (log: {job.paths.stderr})")
+    except KeyboardInterrupt:
+        if execution.executor == "slurm":
+            print("the submitted jobs keep running (scancel them to stop them); re-running waits for them")
+        raise
+    if failures:
+        raise RuntimeError(f"{len(failures)} job(s) failed, re-run to submit them again: " + "; ".join(failures))
+    return True
+
+
+__all__ = ["EXECUTORS", "Execution", "available_cores", "run_jobs", "set_threads", "thread_limit"]

@@ -1,0 +1,166 @@
+"""Fold jobs in parallel: worker processes (``--jobs``), Ctrl-C and resume, shared caches, submitit's executor."""
+
+from __future__ import annotations
+
+import multiprocessing
+import os
+import shutil
+import signal
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+import pytest
+import yaml
+
+from pipeline.cli import main
+from pipeline.study.executor import Execution, available_cores
+from tests.conftest import REPO
+
+SMOKE = REPO / "bundles" / "experiments" / "smoke.yaml"
+KEYS = ["cohort", "model", "augment", "repeat", "fold", "seed"]
+METRICS = ["accuracy", "balanced_accuracy", "macro_f1", "auc_ovr"]
+
+
+def _study(tiny_cohort: Path, folder: Path) -> Path:
+    """The smoke study cut to its fastest model (4 fold jobs: 2 folds x augmentation off / on)."""
+    spec = yaml.safe_load(SMOKE.read_text())
+    spec["models"] = ["fmri_lstm"]
+    spec["cohorts"]["paired"]["manifest"] = str(tiny_cohort / "manifest_paired.csv")
+    path = folder / "smoke_lstm.yaml"
+    path.write_text(yaml.safe_dump(spec))
+    return path
+
+
+def _experiment(study: Path, out: Path, *extra: str) -> int:
+    return main(["experiment", str(study), "--out", str(out), "--quiet", "--bootstrap", "10", *extra])
+
+
+def _metrics(out: Path) -> pd.DataFrame:
+    results = pd.read_csv(out / "results.csv")
+    return results[results["kind"] == "model"].sort_values(KEYS)[KEYS + METRICS].reset_index(drop=True)
+
+
+def _job_dirs(out: Path) -> list[Path]:
+    return [p for p in out.glob("folds/*/*/*") if p.is_dir()]
+
+
+def _copy_run(source: Path, out: Path) -> None:
+    """A run folder that starts from ``source``'s registrations (so a test does not register the cohort again)."""
+    shutil.copytree(source / "cache" / "registration", out / "cache" / "registration")
+
+
+@pytest.fixture(scope="module")
+def sequential(tiny_cohort, tmp_path_factory):
+    """The cut smoke study run one job at a time in this process, one thread: (study YAML, run folder)."""
+    folder = tmp_path_factory.mktemp("parallel")
+    study = _study(tiny_cohort, folder)
+    assert _experiment(study, folder / "sequential", "--jobs", "1", "--threads-per-job", "1") == 0
+    return study, folder / "sequential"
+
+
+def test_default_jobs_use_every_core_and_share_them():
+    execution = Execution()
+    assert execution.at_once == available_cores()
+    assert execution.threads == max(1, available_cores() // execution.at_once)
+    assert Execution(jobs=1).threads == available_cores()
+
+
+def test_slurm_needs_a_partition(tmp_path, capsys):
+    assert main(["experiment", str(SMOKE), "--out", str(tmp_path / "run"), "--executor", "slurm"]) == 1
+    assert "--executor slurm needs --slurm-partition" in capsys.readouterr().err
+    assert not (tmp_path / "run").exists()
+
+
+def test_interrupted_parallel_run_leaves_no_half_job_and_resumes_to_the_sequential_results(sequential, tmp_path):
+    study, reference = sequential
+    out = tmp_path / "run"
+    _copy_run(reference, out)
+    command = [sys.executable, "-m", "pipeline.cli", "experiment", str(study), "--out", str(out), "--quiet"]
+    command += ["--jobs", "2", "--threads-per-job", "1", "--bootstrap", "10"]
+    process = subprocess.Popen(command, cwd=REPO, start_new_session=True, stderr=subprocess.PIPE, text=True)
+    deadline = time.monotonic() + 120
+    while not any((d / "log.txt").exists() for d in _job_dirs(out)) and time.monotonic() < deadline:
+        time.sleep(0.2)
+    os.killpg(process.pid, signal.SIGINT)  # Ctrl-C reaches the whole foreground process group
+    _, err = process.communicate(timeout=60)
+    assert process.returncode == 130, err
+    assert all((d / "done.json").exists() for d in _job_dirs(out))  # finished jobs stay, unfinished ones are gone
+    assert len(list(out.glob("folds/*/*/*/done.json"))) < 4
+    assert _experiment(study, out, "--jobs", "2", "--threads-per-job", "1") == 0
+    pd.testing.assert_frame_equal(_metrics(out), _metrics(reference))
+
+
+def test_submitit_local_executor_logs_lists_failures_and_resubmits_them(sequential, tmp_path, capsys):
+    pytest.importorskip("submitit")
+    study, reference = sequential
+    out = tmp_path / "run"
+    shutil.copytree(reference, out)
+    victim = next(out.glob("folds/paired/repeat-0_fold-1/fmri_lstm_aug-off*"))
+    shutil.rmtree(victim)
+    shutil.rmtree(out / "cache" / "fmri_lstm")
+    (out / "cache" / "fmri_lstm").write_text("not a folder")  # the job's dataset cache cannot be made: it fails
+    assert _experiment(study, out, "--executor", "local") == 1
+    err = capsys.readouterr().err
+    assert "1 job(s) failed" in err and str(victim.relative_to(out)) in err
+    log = Path(err.split("(log: ")[1].split(")")[0])
+    assert log.is_file() and log.is_relative_to(out / "logs" / "local") and "cache_dir" in log.read_text()
+    assert not victim.exists()
+    (out / "cache" / "fmri_lstm").unlink()
+    assert _experiment(study, out, "--executor", "local") == 0
+    assert "submitted 1 job(s)" in capsys.readouterr().out
+    pd.testing.assert_frame_equal(_metrics(out), _metrics(reference))
+
+
+def _write_registration(folder: str, rounds: int) -> None:
+    from pipeline.transforms.registration import Registration, RegistrationCache
+
+    cache, rng = RegistrationCache(folder), np.random.default_rng(0)  # both processes write the same values
+    registration = Registration(np.eye(4), rng.random((64, 64, 64), dtype=np.float32), np.eye(4), 0.9)
+    for _ in range(rounds):
+        cache.put("same-key", registration)
+        found = cache.get("same-key")
+        assert found is not None and np.array_equal(found.bias, registration.bias)
+
+
+def _constant_image(item: dict) -> dict:
+    return {"image": np.full((500_000,), item["value"], np.float32)}  # 2 MB: a copy takes a while
+
+
+def _read_through_persistent_cache(folder: str, rounds: int) -> None:
+    import logging
+
+    from monai.transforms import Lambda
+
+    from pipeline.data import make_dataset
+
+    if Path("/dev/shm").is_dir():  # MONAI moved its files in from here: across file systems a move is a copy
+        tempfile.tempdir = "/dev/shm"
+    broken = []
+    handler = logging.Handler()
+    handler.emit = broken.append
+    logging.getLogger("pipeline.data").addHandler(handler)
+    for _ in range(rounds):
+        for path in Path(folder).glob("[!.]*.pt"):
+            path.unlink(missing_ok=True)  # the other process writes it again while this one reads
+        item = make_dataset([{"value": 3.0}], Lambda(_constant_image), cache_dir=folder)[0]
+        assert item["image"].shape == (500_000,) and float(item["image"].min()) == float(item["image"].max()) == 3
+    assert not broken, [record.getMessage() for record in broken]  # never a half-written file
+
+
+@pytest.mark.parametrize("writer", [_write_registration, _read_through_persistent_cache])
+def test_two_processes_writing_the_same_cache_key_at_once_never_read_a_broken_entry(writer, tmp_path):
+    import pipeline.data  # noqa: F401  (imported once here; the forked writers inherit it)
+    import pipeline.transforms.registration  # noqa: F401
+
+    context = multiprocessing.get_context("fork")
+    processes = [context.Process(target=writer, args=(str(tmp_path), 30)) for _ in range(2)]
+    for process in processes:
+        process.start()
+    for process in processes:
+        process.join(timeout=120)
+    assert [p.exitcode for p in processes] == [0, 0]
