@@ -128,10 +128,11 @@ def _write_registration(folder: str, rounds: int) -> None:
 
 
 def _constant_image(item: dict) -> dict:
-    return {"image": np.full((500_000,), item["value"], np.float32)}  # 2 MB: a copy takes a while
+    return {"image": np.full((4_000_000,), item["value"], np.float32)}  # 16 MB: a copy takes a while
 
 
-def _read_through_persistent_cache(folder: str, rounds: int) -> None:
+def _through_persistent_cache(folder: str, rounds: int, reader: bool) -> None:
+    """Round r: the writer computes item r into the cache; the reader asks for it as soon as its file appears."""
     import logging
 
     from monai.transforms import Lambda
@@ -144,23 +145,34 @@ def _read_through_persistent_cache(folder: str, rounds: int) -> None:
     handler = logging.Handler()
     handler.emit = broken.append
     logging.getLogger("pipeline.data").addHandler(handler)
-    for _ in range(rounds):
-        for path in Path(folder).glob("[!.]*.pt"):
-            path.unlink(missing_ok=True)  # the other process writes it again while this one reads
-        item = make_dataset([{"value": 3.0}], Lambda(_constant_image), cache_dir=folder)[0]
-        assert item["image"].shape == (500_000,) and float(item["image"].min()) == float(item["image"].max()) == 3
+    for value in range(rounds):
+        deadline = time.monotonic() + 30
+        while reader and len(list(Path(folder).glob("[!.]*.pt"))) <= value and time.monotonic() < deadline:
+            pass
+        item = make_dataset([{"value": float(value)}], Lambda(_constant_image), cache_dir=folder)[0]
+        assert float(item["image"].min()) == float(item["image"].max()) == value
     assert not broken, [record.getMessage() for record in broken]  # never a half-written file
 
 
-@pytest.mark.parametrize("writer", [_write_registration, _read_through_persistent_cache])
-def test_two_processes_writing_the_same_cache_key_at_once_never_read_a_broken_entry(writer, tmp_path):
-    import pipeline.data  # noqa: F401  (imported once here; the forked writers inherit it)
+def test_two_processes_writing_the_same_registration_at_once_never_read_a_broken_entry(tmp_path):
+    _in_two_processes(_write_registration, (str(tmp_path), 30), (str(tmp_path), 30))
+
+
+def test_a_job_reading_the_dataset_cache_while_another_writes_it_never_reads_half_a_file(tmp_path):
+    _in_two_processes(_through_persistent_cache, (str(tmp_path), 8, False), (str(tmp_path), 8, True))
+
+
+def _in_two_processes(target, *arguments) -> None:
+    import pipeline.data  # noqa: F401  (imported once here; the forked processes inherit it)
     import pipeline.transforms.registration  # noqa: F401
 
-    context = multiprocessing.get_context("fork")
-    processes = [context.Process(target=writer, args=(str(tmp_path), 30)) for _ in range(2)]
+    processes = [multiprocessing.get_context("fork").Process(target=target, args=args) for args in arguments]
     for process in processes:
         process.start()
     for process in processes:
-        process.join(timeout=120)
+        process.join(timeout=60)
+    for process in processes:  # one left waiting for the other (which failed) is not left behind
+        if process.is_alive():
+            process.kill()
+            process.join()
     assert [p.exitcode for p in processes] == [0, 0]
