@@ -70,9 +70,33 @@ def test_default_jobs_use_every_core_and_share_them():
     assert Execution(jobs=1).threads == available_cores()
 
 
-def test_slurm_needs_a_partition(tmp_path, capsys):
-    assert main(["experiment", str(SMOKE), "--out", str(tmp_path / "run"), "--executor", "slurm"]) == 1
-    assert "--executor slurm needs --slurm-partition" in capsys.readouterr().err
+def _record_threads(path: str) -> None:
+    import torch
+
+    Path(path).write_text(f"{torch.get_num_threads()} {os.environ['OMP_NUM_THREADS']} {os.getpid()}")
+
+
+def test_each_worker_runs_with_its_share_of_the_threads(tmp_path):
+    from pipeline.study.executor import run_jobs
+
+    paths = [str(tmp_path / f"job-{i}.txt") for i in range(3)]
+    assert run_jobs(_record_threads, paths, Execution(jobs=2, threads_per_job=1), progress=False)
+    records = [Path(p).read_text().split() for p in paths]
+    assert {tuple(r[:2]) for r in records} == {("1", "1")}
+    assert os.getpid() not in {int(r[2]) for r in records}  # in worker processes, not this one
+
+
+@pytest.mark.parametrize(
+    ("flags", "message"),
+    [
+        (["--executor", "slurm"], "--executor slurm needs --slurm-partition"),
+        (["--no-wait"], "--no-wait and --slurm-* options need --executor slurm"),
+        (["--slurm-partition", "cpu"], "--no-wait and --slurm-* options need --executor slurm"),
+    ],
+)
+def test_cluster_flags_out_of_place_are_refused(flags, message, tmp_path, capsys):
+    assert main(["experiment", str(SMOKE), "--out", str(tmp_path / "run"), *flags]) == 1
+    assert message in capsys.readouterr().err
     assert not (tmp_path / "run").exists()
 
 

@@ -77,6 +77,8 @@ class Execution:
             raise ValueError(f"executor must be one of {', '.join(EXECUTORS)}, got {self.executor!r}")
         if self.executor == "slurm" and not self.slurm.get("partition"):
             raise ValueError("--executor slurm needs --slurm-partition")
+        if not self.submitted and (not self.wait or any(v is not None for v in self.slurm.values())):
+            raise ValueError("--no-wait and --slurm-* options need --executor slurm (or local)")
 
     @property
     def submitted(self) -> bool:
@@ -198,17 +200,24 @@ def _exit_on_term(signum, frame) -> None:
 
 def _run_pool(work, items, execution: Execution, bar: tqdm, label, abandon) -> None:
     """At most ``execution.at_once`` items in flight in spawned workers; a new one starts when one finishes."""
+    with thread_limit(execution.threads):  # the workers inherit the environment when they are spawned (first submit)
+        failure = _pool_loop(work, items, execution, bar, label, abandon)
+    if failure is not None:
+        raise failure
+
+
+def _pool_loop(work, items, execution: Execution, bar: tqdm, label, abandon) -> BaseException | None:
+    """Run the items in a pool; returns the first failed job's error (the others are still run to their end)."""
     import multiprocessing
 
     pending, running = list(reversed(items)), {}
     failure: BaseException | None = None
-    with thread_limit(execution.threads):  # the workers inherit the environment when they are spawned
-        pool = futures.ProcessPoolExecutor(
-            max_workers=min(execution.at_once, len(items)),
-            mp_context=multiprocessing.get_context("spawn"),
-            initializer=_start_worker,
-            initargs=(execution.threads,),
-        )
+    pool = futures.ProcessPoolExecutor(
+        max_workers=min(execution.at_once, len(items)),
+        mp_context=multiprocessing.get_context("spawn"),
+        initializer=_start_worker,
+        initargs=(execution.threads,),
+    )
     try:
         while pending or running:
             while pending and failure is None and len(running) < execution.at_once:
@@ -233,8 +242,7 @@ def _run_pool(work, items, execution: Execution, bar: tqdm, label, abandon) -> N
                 abandon(item)
         raise
     pool.shutdown()
-    if failure is not None:
-        raise failure
+    return failure
 
 
 def _job_error(name: str, error: BaseException) -> BaseException:
