@@ -103,11 +103,11 @@ def _add_manifest(sub) -> None:
         help="validate a manifest",
         description="Validate a manifest (CSV, or semicolon- or tab-delimited as spreadsheets export it): columns, "
         "diagnoses, duplicate subject/session rows, subjects in several partitions, subject IDs that differ only by "
-        "case, one image under different subjects (the same file, or the same content); that every image exists, is readable NIfTI with the right dimensionality and a plausible grid, "
-        "holds all the data its header promises (not truncated) and has usable voxels (no NaN or infinite values, "
-        "not blank, a BOLD run changing over time); and that every fMRI run has a plausible TR in seconds (manifest, "
-        "sidecar or header). Every problem is printed with its file, line and subject; the exit status is 1 if any "
-        "is found.",
+        "case, one image under different subjects (the same file, or the same content); that every image exists, is "
+        "readable NIfTI with the right dimensionality and a plausible grid, holds all the data its header promises "
+        "(not truncated) and has usable voxels (no NaN or infinite values, not blank, a BOLD run changing over "
+        "time); and that every fMRI run has a plausible TR in seconds (manifest, sidecar or header). Every problem is "
+        "printed with its file, line and subject; the exit status is 1 if any is found.",
     )
     check.add_argument("manifest", help="manifest CSV")
     check.add_argument("--require-diagnosis", action="store_true", help="every row needs a diagnosis")
