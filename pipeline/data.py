@@ -8,6 +8,7 @@ from collections.abc import Callable, Mapping, Sequence
 from copy import deepcopy
 from pathlib import Path
 
+import pandas as pd
 import torch
 from monai.data import CacheDataset, Dataset, PersistentDataset
 from monai.data.utils import SUPPORTED_PICKLE_MOD, pickle_hashing
@@ -15,7 +16,7 @@ from monai.utils import convert_to_tensor, look_up_option
 
 from pipeline import CLASS_NAMES
 from pipeline.io import atomic_path
-from pipeline.manifest import ManifestError, load_manifest
+from pipeline.manifest import ManifestError, load_manifest, read_manifest, validate_manifest
 from pipeline.transforms.fmri import TRError, resolve_tr
 
 logger = logging.getLogger(__name__)
@@ -30,6 +31,7 @@ def manifest_datalist(
     keys: Mapping[str, str] | None = None,
     labelled: bool = True,
     missing: str = "drop",
+    class_names: Sequence[str] = CLASS_NAMES,
 ) -> list[dict]:
     """MONAI data list of the manifest rows in ``splits`` (``None``: every row).
 
@@ -38,6 +40,10 @@ def manifest_datalist(
     ``""``, when the manifest has that column), ``label`` (class index, when ``labelled``), ``subject_id`` and
     ``session_id``.
 
+    The label is the diagnosis's index in ``class_names``, so labels and names come from one mapping; rows of a
+    diagnosis outside ``class_names`` (MCI for ``[CN, AD]``) are left out, counted in the log. Without labels the
+    ``diagnosis`` column is ignored (inference needs none; :func:`read_rows`).
+
     Args:
         manifest: manifest CSV.
         splits: partitions to read (``split`` column); None reads every row and needs no ``split`` column.
@@ -45,13 +51,16 @@ def manifest_datalist(
         keys: data key per modality (default ``{"mri": "image", "fmri": "series"}``).
         labelled: the workflow needs diagnoses (training, evaluation).
         missing: a row lacking a modality the model reads is ``"drop"``-ped (counted in the log) or an ``"error"``.
+        class_names: the classes in label order (the bundle key ``class_names``): two or three of CN, MCI, AD.
 
     Raises:
         ManifestError: invalid manifest, no ``split`` column when ``splits`` is given, no usable row.
         TRError: an fMRI run without a usable TR.
+        ValueError: ``class_names`` that are not two or three distinct names of CN, MCI, AD.
     """
     keys = {**DEFAULT_KEYS, **(keys or {})}
-    frame = load_manifest(manifest, require_diagnosis=labelled, require=modalities if missing == "error" else ())
+    class_names = checked_class_names(class_names)
+    frame = read_rows(manifest, labelled, require=modalities if missing == "error" else ())
     where = frame.attrs["path"]
     if splits is not None:
         if "split" not in frame.columns:
@@ -62,6 +71,8 @@ def manifest_datalist(
                 ]
             )
         frame = frame[frame["split"].isin(splits)]
+    if labelled:
+        frame = _of_classes(frame, class_names, where)
     complete = frame[[all(row.get(m, "") for m in modalities) for _, row in frame.iterrows()]]
     if len(complete) < len(frame):
         logger.warning(
@@ -73,10 +84,66 @@ def manifest_datalist(
         )
     if complete.empty:
         raise ManifestError([f"{where}: no row in splits {splits} has all of {list(modalities)}"])
-    return [_item(row, modalities, keys, labelled, where) for _, row in complete.iterrows()]
+    return [_item(row, modalities, keys, class_names if labelled else None, where) for _, row in complete.iterrows()]
 
 
-def _item(row, modalities: Sequence[str], keys: Mapping[str, str], labelled: bool, where: str) -> dict:
+def checked_class_names(class_names: Sequence[str]) -> list[str]:
+    """``class_names`` as a list, refused unless it is two or three distinct names of CN, MCI, AD (in any order).
+
+    Raises:
+        ValueError: naming the key and what it got.
+    """
+    names = list(class_names) if isinstance(class_names, (list, tuple)) else []
+    known = set(names) <= set(CLASS_NAMES) and len(set(names)) == len(names)
+    if not (known and 2 <= len(names) <= len(CLASS_NAMES)):
+        raise ValueError(
+            f"bundle key 'class_names' must be two or three distinct names of {', '.join(CLASS_NAMES)} "
+            f"(e.g. [CN, AD]), got {class_names!r}"
+        )
+    return names
+
+
+def read_rows(manifest: str | Path, labelled: bool = True, **checks) -> pd.DataFrame:
+    """A manifest read and validated for a workflow (:func:`pipeline.manifest.validate_manifest`); one that needs no
+    labels (inference) ignores the ``diagnosis`` column, so a diagnosis it would not use cannot refuse the batch.
+
+    Args:
+        manifest: manifest CSV.
+        labelled: the workflow needs diagnoses (every row must have a known one).
+        checks: further keyword arguments of :func:`~pipeline.manifest.validate_manifest`.
+
+    Raises:
+        ManifestError: every problem found.
+    """
+    frame = read_manifest(manifest)
+    if not labelled:
+        frame = frame.drop(columns="diagnosis", errors="ignore")
+    problems = validate_manifest(frame, require_diagnosis=labelled, **checks)
+    if problems:
+        raise ManifestError(problems)
+    return frame
+
+
+def _of_classes(frame: pd.DataFrame, class_names: Sequence[str], where: str) -> pd.DataFrame:
+    """The rows whose diagnosis is one of ``class_names``; the others are counted in the log."""
+    kept = frame[frame["diagnosis"].isin(class_names)]
+    if len(kept) < len(frame):
+        left_out = frame.loc[~frame["diagnosis"].isin(class_names), "diagnosis"].value_counts()
+        counts = ", ".join(f"{n} {d}" for d, n in left_out.items())
+        logger.warning(
+            "%s: %d of %d rows left out: their diagnosis is not one of class_names %s (%s)",
+            where,
+            len(frame) - len(kept),
+            len(frame),
+            list(class_names),
+            counts,
+        )
+    return kept
+
+
+def _item(
+    row, modalities: Sequence[str], keys: Mapping[str, str], class_names: Sequence[str] | None, where: str
+) -> dict:
     item = {keys[m]: row[m] for m in modalities}
     item["subject_id"] = row["subject_id"]
     item["session_id"] = row.get("session_id", "")
@@ -87,8 +154,8 @@ def _item(row, modalities: Sequence[str], keys: Mapping[str, str], labelled: boo
             raise TRError(f"{where}:{row['line']}: {row['subject_id']}: {err}") from None
         if "confounds" in row:
             item["confounds"] = row["confounds"]
-    if labelled:
-        item["label"] = CLASS_NAMES.index(row["diagnosis"])
+    if class_names is not None:
+        item["label"] = class_names.index(row["diagnosis"])
     return item
 
 

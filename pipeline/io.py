@@ -7,7 +7,7 @@ import json
 import os
 import re
 import tempfile
-from collections.abc import Iterator
+from collections.abc import Iterator, Mapping
 from pathlib import Path
 from typing import Any
 
@@ -76,3 +76,19 @@ def same_file(a: str | Path, b: str | Path) -> bool:
         return os.path.samefile(a, b)
     except OSError:
         return Path(a).resolve() == Path(b).resolve()
+
+
+def check_not_input(out: str | Path, inputs: Mapping[str, str | Path | None], flag: str = "--out") -> None:
+    """Refuse an output that is one of the command's inputs (:func:`same_file`), before anything is read or written.
+
+    Args:
+        out: the file a command is about to write.
+        inputs: what each input is (``"the BOLD run"``) -> its path (None or ``""``: not given).
+        flag: the option that named ``out``, for the message.
+
+    Raises:
+        ValueError: naming the output, the input it is and what to do.
+    """
+    for what, path in inputs.items():
+        if path and same_file(out, path):
+            raise ValueError(f"{flag} {out}: the output is {what} ({path}); choose another {flag}")

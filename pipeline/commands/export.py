@@ -11,6 +11,7 @@ from pipeline.commands import CommandError
 
 def cmd_export(args: argparse.Namespace) -> int:
     from pipeline.export import EXTRA_PACKAGES, check_onnx, describe_inputs, export_onnx, load_network
+    from pipeline.io import check_not_input
 
     missing = [name for name in EXTRA_PACKAGES if importlib.util.find_spec(name) is None]
     if missing:
@@ -21,8 +22,14 @@ def cmd_export(args: argparse.Namespace) -> int:
     ckpt = Path(args.ckpt_file) if args.ckpt_file else bundle / "models" / "model.pt"
     if not ckpt.is_file():
         raise CommandError(f"{ckpt}: no checkpoint; train the bundle first or give --ckpt-file")
+    out = Path(args.out or bundle / "models" / "model.onnx")
+    configs = bundle / "configs"
+    check_not_input(
+        out,
+        {"the checkpoint": ckpt, "the config": configs / args.config_file, "the metadata": configs / "metadata.json"},
+    )
     network, meta = load_network(bundle, ckpt, args.config_file, args.key_in_ckpt)
-    out = export_onnx(network, meta, args.out or bundle / "models" / "model.onnx", args.opset)
+    out = export_onnx(network, meta, out, args.opset)
     print(f"wrote {out}: inputs {describe_inputs(meta)}; outputs {', '.join(meta['network_data_format']['outputs'])}")
     difference = check_onnx(out, network, meta)
     print(f"onnxruntime matches the eager network on random inputs (max |difference| {difference:.2g})")

@@ -35,15 +35,18 @@ def subject_name(args: argparse.Namespace) -> str:
 
 
 def manifest_subjects(path: str, modalities: list[str]) -> list:
-    """Every manifest row as a subject, named ``<subject_id>`` or ``<subject_id>_<session_id>``, with the columns of
-    the ``modalities`` the bundle reads (others are ignored, as the bundle's own ``inference.yaml`` ignores them).
+    """Every manifest row as a subject, with the columns of the ``modalities`` the bundle reads (others are ignored,
+    as the bundle's own ``inference.yaml`` ignores them, the ``diagnosis`` column included).
 
-    The images are checked by the predictor's QC (which also accepts a DICOM folder as ``mri``), not here.
+    The output folder is ``<subject_id>`` or ``<subject_id>_<session_id>`` made a plain folder name
+    (:func:`~pipeline.inference.outputs.folder_name`); the outputs keep the ids as the manifest spells them. The
+    images are checked by the predictor's QC (which also accepts a DICOM folder as ``mri``), not here.
     """
+    from pipeline.data import read_rows
     from pipeline.inference import Subject
-    from pipeline.manifest import load_manifest
+    from pipeline.inference.outputs import folder_name
 
-    frame = load_manifest(path, check_files=False)
+    frame = read_rows(path, labelled=False, check_files=False)
 
     def column(row, name: str) -> Path | None:
         return Path(row[name]) if name in modalities and row.get(name) else None
@@ -53,7 +56,7 @@ def manifest_subjects(path: str, modalities: list[str]) -> list:
         session = str(row.get("session_id", "") or "")
         subjects.append(
             Subject(
-                name=row["subject_id"] + (f"_{session}" if session else ""),
+                name=folder_name(row["subject_id"] + (f"_{session}" if session else "")),
                 mri=column(row, "mri"),
                 fmri=column(row, "fmri"),
                 tr=row.get("tr") or None,

@@ -51,14 +51,13 @@ def cmd_preprocess(args: argparse.Namespace) -> int:
     import numpy as np
     from monai.data import NibabelWriter
 
-    from pipeline.io import atomic_path, same_file
+    from pipeline.io import atomic_path, check_not_input
     from pipeline.transforms import mri_transforms
     from pipeline.transforms.registration import TO_SUBJECT, write_transform
 
     if not args.out.endswith((".nii", ".nii.gz")):
         raise CommandError(f"{args.out}: the output must be .nii or .nii.gz")
-    if same_file(args.out, args.mri):
-        raise CommandError(f"{args.out}: the output is the input T1; choose another --out")
+    check_not_input(args.out, {"the input T1": args.mri})
     options = bundle_mri_grid(args.bundle) if args.bundle else {}
     given = (("spatial_size", args.spatial_size), ("pixdim", args.pixdim), ("registration", args.registration))
     options.update({k: v for k, v in given if v})

@@ -25,10 +25,12 @@ def cmd_roi(args: argparse.Namespace) -> int:
     import pandas as pd
     from monai.transforms import LoadImage
 
-    from pipeline.io import atomic_path, atomic_write_text
+    from pipeline.io import atomic_path, atomic_write_text, check_not_input
     from pipeline.transforms import CheckImageFile, CheckImageValues, ROISignals
     from pipeline.transforms.fmri_registration import RegisterBOLD
 
+    atlas_file = args.atlas if os.path.isfile(args.atlas) else None
+    check_not_input(args.out, {"the BOLD run": args.bold, "the atlas": atlas_file, "the confounds TSV": args.confounds})
     register = RegisterBOLD(args.registration, cache_dir=args.registration_cache or None)
     run = CheckImageValues("fmri")(LoadImage(image_only=True, dtype=np.float32)(CheckImageFile("fmri")(args.bold)))
     clean = _cleaning(args)

@@ -13,8 +13,6 @@ from ignite.metrics import EpochMetric
 from monai.utils import evenly_divisible_all_gather
 from scipy.stats import rankdata
 
-from pipeline import CLASS_NAMES
-
 METRICS = ("accuracy", "balanced_accuracy", "macro_f1", "auc_ovr")
 
 
@@ -79,15 +77,16 @@ class ClassificationMetric(EpochMetric):
 
     Args:
         name: one of :data:`METRICS`.
-        num_classes: number of classes.
+        num_classes: number of classes (None: the width of ``pred``, so a two-class bundle needs no setting).
     """
 
-    def __init__(self, name: str = "balanced_accuracy", num_classes: int = len(CLASS_NAMES)) -> None:
+    def __init__(self, name: str = "balanced_accuracy", num_classes: int | None = None) -> None:
         if name not in METRICS:
             raise ValueError(f"unknown metric {name!r}; known: {', '.join(METRICS)}")
 
         def compute(pred: torch.Tensor, label: torch.Tensor) -> float:
-            return classification_metrics(label.cpu().numpy(), pred.cpu().numpy(), num_classes)[name]
+            classes = num_classes or pred.shape[1]
+            return classification_metrics(label.cpu().numpy(), pred.cpu().numpy(), classes)[name]
 
         super().__init__(compute, output_transform=stack_pred_label, check_compute_fn=False)
 

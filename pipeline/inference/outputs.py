@@ -1,10 +1,16 @@
 """Predict subjects into an output folder: every subject staged in a hidden folder inside it and moved into place
-only when all succeeded, so a refusal or an error leaves nothing behind and nothing is written outside it."""
+only when all succeeded, so a refusal or an error leaves nothing behind and nothing is written outside it.
+
+``--force`` replaces only what ``predict`` writes: ``predictions.csv`` and subject folders holding nothing but its
+own files (:data:`~pipeline.inference.predict.OUTPUT_FILES`); a folder holding anything else (a BIDS subject's
+``anat/``) is never replaced, and an output folder inside an input dataset is refused.
+"""
 
 from __future__ import annotations
 
 import contextlib
 import logging
+import os
 import re
 import shutil
 import tempfile
@@ -15,13 +21,22 @@ from pathlib import Path
 import pandas as pd
 from tqdm.auto import tqdm
 
-from pipeline.inference.predict import Predictor, Subject
+from pipeline.inference.predict import OUTPUT_FILES, Predictor, Subject
 from pipeline.io import atomic_write_text
 
 TABLE = "predictions.csv"
 _REPLACED = ".replaced"
 _NAME = re.compile(r"[A-Za-z0-9][A-Za-z0-9._-]*")
+_UNSAFE = re.compile(r"[^A-Za-z0-9._-]")
+#: the file that marks a BIDS dataset's root
+BIDS_ROOT_FILE = "dataset_description.json"
 logger = logging.getLogger(__name__)
+
+
+def folder_name(name: str) -> str:
+    """``name`` as a plain folder name: characters other than letters, digits, ``. _ -`` become ``_``, leading
+    dots and separators are dropped (``sub 01/a`` -> ``sub_01_a``, ``../x`` -> ``x``)."""
+    return _UNSAFE.sub("_", name).lstrip("._-") or "subject"
 
 
 def check_names(subjects: Sequence[Subject]) -> None:
@@ -50,9 +65,16 @@ def staged(out: Path, entries: Sequence[str], force: bool) -> Iterator[Path]:
         force: replace existing entries (otherwise an existing one is refused before anything runs).
 
     Raises:
-        FileExistsError: an entry exists and ``force`` is off.
+        FileExistsError: an entry exists and ``force`` is off, or it holds what ``predict`` did not write.
     """
-    existing = [name for name in entries if (out / name).exists()]
+    existing = [name for name in entries if (out / name).exists() or (out / name).is_symlink()]
+    for name in existing:
+        foreign = _not_written_by_predict(out / name)
+        if foreign:
+            raise FileExistsError(
+                f"{out / name}: exists and {foreign}, not written by neurofusion predict; choose another --out "
+                "(--force replaces only predict's own outputs)"
+            )
     if existing and not force:
         raise FileExistsError(f"{out / existing[0]}: exists; use --force to replace it")
     created = not out.exists()
@@ -71,6 +93,49 @@ def staged(out: Path, entries: Sequence[str], force: bool) -> Iterator[Path]:
             shutil.rmtree(out, ignore_errors=True)
         raise
     shutil.rmtree(staging, ignore_errors=True)
+
+
+def _not_written_by_predict(path: Path) -> str | None:
+    """How an existing output entry is not ``predict``'s own (None: it holds only predict's files)."""
+    if path.is_symlink():
+        return "is a symbolic link"
+    if path.name == TABLE:
+        return None if path.is_file() else "is a folder"
+    if not path.is_dir():
+        return "is a file"
+    foreign = sorted(p.name + ("/" if p.is_dir() else "") for p in path.iterdir() if p.name not in OUTPUT_FILES)
+    if not foreign:
+        return None
+    return f"holds {foreign[0]}" + (f" (and {len(foreign) - 1} more)" if len(foreign) > 1 else "")
+
+
+def check_outside_inputs(out: str | Path, subjects: Sequence[Subject]) -> None:
+    """Refuse an output folder that holds an input, or lies inside a BIDS dataset an input belongs to (its
+    ``derivatives/`` excepted, where BIDS puts outputs).
+
+    Raises:
+        ValueError: naming the folder, the input and where to write instead.
+    """
+    target = Path(out).resolve()
+    for subject in subjects:
+        for given in subject.given().values():
+            # the path as given and as resolved: a DataLad file is a link into the dataset's .git
+            for path in dict.fromkeys((Path(os.path.abspath(given)), Path(given).resolve())):
+                root = _bids_root(path)
+                if root and target.is_relative_to(root) and not target.is_relative_to(root / "derivatives"):
+                    raise ValueError(
+                        f"--out {out}: inside the input BIDS dataset {root} (of {given}); write outside it or under "
+                        f"{root / 'derivatives'}"
+                    )
+                if path.is_relative_to(target):
+                    raise ValueError(
+                        f"--out {out}: holds the input {given}; choose an output folder outside the input data"
+                    )
+
+
+def _bids_root(path: Path) -> Path | None:
+    """The nearest folder above ``path`` with a ``dataset_description.json`` (a BIDS dataset), or None."""
+    return next((folder for folder in path.parents if (folder / BIDS_ROOT_FILE).is_file()), None)
 
 
 def _commit(out: Path, staging: Path, entries: Sequence[str]) -> None:
@@ -132,9 +197,11 @@ def predict_subjects(
 
     Raises:
         QCError: a subject failed QC (nothing is written).
-        FileExistsError: an output exists and ``force`` is off.
+        FileExistsError: an output exists and ``force`` is off, or holds files ``predict`` did not write.
+        ValueError: ``out`` holds an input or lies inside an input BIDS dataset (:func:`check_outside_inputs`).
     """
     check_names(subjects)
+    check_outside_inputs(out, subjects)
     out = Path(out)
     entries = [s.name for s in subjects] + ([TABLE] if table else [])
     for subject in subjects:

@@ -44,6 +44,9 @@ from pipeline.transforms.fmri_registration import BOLDRegistrationError
 from pipeline.transforms.registration import SIMILARITY, RegistrationError, subject_affine
 
 CONVERTED_MRI = "mri_from_dicom.nii.gz"
+PREDICTION, SALIENCY, REPORT = "prediction.json", "saliency.nii.gz", "report.html"
+#: every file :meth:`Predictor.predict` writes in a subject folder (what ``--force`` may replace)
+OUTPUT_FILES = (PREDICTION, SALIENCY, REPORT, CONVERTED_MRI)
 EMPTY_SALIENCY = "MRI saliency map is empty: no positive evidence for the predicted class"
 MISSING_FMRI = "fMRI missing: MRI-only prediction of the fused model (--allow-missing-fmri)"
 
@@ -233,8 +236,8 @@ class Predictor:
             record["warnings"].append(f"{EMPTY_SALIENCY} ({self.bundle.saliency_method})")
         figure = self._write_saliency(folder, record, saliency, timer)
         record["timings_seconds"] = {k: round(v, 4) for k, v in timer.seconds.items()}
-        atomic_write_text(folder / "report.html", report.render(record, figure))
-        atomic_write_json(folder / "prediction.json", record)
+        atomic_write_text(folder / REPORT, report.render(record, figure))
+        atomic_write_json(folder / PREDICTION, record)
         return record
 
     # --- steps ------------------------------------------------------------------------------------------
@@ -343,7 +346,7 @@ class Predictor:
             "inputs": self._inputs(subject, item.get("tr")),
             "qc": {"passed": all(f.status != FAIL for f in findings), "findings": [f.as_dict() for f in findings]},
             "registration": self._registration(findings, used),
-            "saliency": "saliency.nii.gz" if "mri" in used else None,
+            "saliency": SALIENCY if "mri" in used else None,
             "saliency_method": bundle.saliency_method if "mri" in used else None,
             "saliency_description": explain.SALIENCY_METHODS[bundle.saliency_method] if "mri" in used else None,
             "fmri_roi_importance": rois if isinstance(rois, list) else [],
@@ -392,7 +395,7 @@ class Predictor:
             image.header.set_xyzt_units("mm")
             note = "; fMRI missing" if record["missing_modalities"] else ""
             image.header["descrip"] = f"neurofusion saliency, class {record['predicted_class']}{note}".encode()[:80]
-            with atomic_path(folder / "saliency.nii.gz", suffix=".nii.gz") as tmp:
+            with atomic_path(folder / SALIENCY, suffix=".nii.gz") as tmp:
                 nib.save(image, str(tmp))
         with timer("report figure"):
             return report.slices_png(mri, affine, grid)
