@@ -15,6 +15,7 @@ from monai.data.utils import SUPPORTED_PICKLE_MOD, pickle_hashing
 from monai.utils import convert_to_tensor, look_up_option
 
 from pipeline import CLASS_NAMES
+from pipeline.engine.keys import check_bundle_keys
 from pipeline.io import atomic_path
 from pipeline.manifest import ManifestError, load_manifest, read_manifest, validate_manifest
 from pipeline.transforms.fmri import TRError, resolve_tr
@@ -56,10 +57,11 @@ def manifest_datalist(
     Raises:
         ManifestError: invalid manifest, no ``split`` column when ``splits`` is given, no usable row.
         TRError: an fMRI run without a usable TR.
-        ValueError: ``class_names`` that are not two or three distinct names of CN, MCI, AD.
+        BundleKeyError: ``class_names`` that are not two or three distinct names of CN, MCI, AD.
     """
     keys = {**DEFAULT_KEYS, **(keys or {})}
-    class_names = checked_class_names(class_names)
+    check_bundle_keys(class_names=class_names)
+    class_names = list(class_names)
     frame = read_rows(manifest, labelled, require=modalities if missing == "error" else ())
     where = frame.attrs["path"]
     if splits is not None:
@@ -85,22 +87,6 @@ def manifest_datalist(
     if complete.empty:
         raise ManifestError([f"{where}: no row in splits {splits} has all of {list(modalities)}"])
     return [_item(row, modalities, keys, class_names if labelled else None, where) for _, row in complete.iterrows()]
-
-
-def checked_class_names(class_names: Sequence[str]) -> list[str]:
-    """``class_names`` as a list, refused unless it is two or three distinct names of CN, MCI, AD (in any order).
-
-    Raises:
-        ValueError: naming the key and what it got.
-    """
-    names = list(class_names) if isinstance(class_names, (list, tuple)) else []
-    known = set(names) <= set(CLASS_NAMES) and len(set(names)) == len(names)
-    if not (known and 2 <= len(names) <= len(CLASS_NAMES)):
-        raise ValueError(
-            f"bundle key 'class_names' must be two or three distinct names of {', '.join(CLASS_NAMES)} "
-            f"(e.g. [CN, AD]), got {class_names!r}"
-        )
-    return names
 
 
 def read_rows(manifest: str | Path, labelled: bool = True, **checks) -> pd.DataFrame:

@@ -47,8 +47,11 @@ def load_network(
     parser.read_config(bundle_dir / "configs" / config_file)
     parser.read_meta(bundle_dir / "configs" / "metadata.json")
     parser["bundle_root"] = str(bundle_dir)
+    ckpt_file = Path(ckpt_file or bundle_dir / "models" / "model.pt")
+    if "model_file" in parser:  # the network's input keys (atlas, class names) as these weights were trained
+        parser["model_file"] = str(ckpt_file)
     network = parser.get_parsed_content("network_def").cpu()
-    state = torch.load(ckpt_file or bundle_dir / "models" / "model.pt", map_location="cpu", weights_only=True)
+    state = torch.load(ckpt_file, map_location="cpu", weights_only=True)
     network.load_state_dict(state[key_in_ckpt] if key_in_ckpt else state)
     return network.eval(), parser.get("_meta_")
 

@@ -15,7 +15,8 @@ BUNDLE_REGISTRATION_KEYS = {"mri_registration": "registration", "mri_registratio
 
 def bundle_mri_grid(bundle: str) -> dict:
     """``spatial_size``, ``pixdim`` and the registration settings of a bundle's ``configs/train.yaml``, resolved by
-    MONAI's ``ConfigParser``.
+    MONAI's ``ConfigParser``; those its trained ``models/model.pt`` was trained with, where it records them
+    (:mod:`pipeline.engine.model_inputs`).
 
     Args:
         bundle: bundle folder, or the name of a bundle of this repository (``mri_cnn3d``).
@@ -25,7 +26,7 @@ def bundle_mri_grid(bundle: str) -> dict:
     """
     from monai.bundle import ConfigParser
 
-    from pipeline.engine import REPO_BUNDLES
+    from pipeline.engine import REPO_BUNDLES, recorded_inputs
 
     root = Path(bundle) if Path(bundle).is_dir() else REPO_BUNDLES / bundle
     config = root / "configs" / "train.yaml"
@@ -33,6 +34,9 @@ def bundle_mri_grid(bundle: str) -> dict:
         raise CommandError(f"{bundle}: not a bundle folder or name (no configs/train.yaml)")
     parser = ConfigParser()
     parser.read_config(str(config))
+    for key, value in (recorded_inputs(root / "models" / "model.pt") or {}).items():
+        if key in parser:
+            parser[key] = value
     missing = [key for key in BUNDLE_GRID_KEYS if key not in parser]
     if missing:
         raise CommandError(f"{config}: no key {missing[0]!r}")

@@ -11,7 +11,10 @@ from pipeline.engine.checkpoint import (
     KeyMetricCheckpointSaver,
     ResumeCheckpointLoader,
     ResumeCheckpointSaver,
+    ResumeMismatch,
+    check_resume,
     epoch_seed,
+    run_identity,
 )
 from pipeline.engine.distributed import (
     destroy_distributed,
@@ -23,9 +26,19 @@ from pipeline.engine.distributed import (
 from pipeline.engine.handlers import AtomicMetricsSaver, PredictionWriter, TrainingLog
 from pipeline.engine.keys import BundleKeyError, check_bundle_keys
 from pipeline.engine.metrics import METRICS, ClassificationMetric, classification_metrics, stack_pred_label
+from pipeline.engine.model_inputs import (
+    ModelInputError,
+    NoTrainedModel,
+    check_model_inputs,
+    check_trained_model,
+    recorded_inputs,
+    trained_input,
+)
+from pipeline.engine.refusal import BundleRefusal, install_one_line_refusals
 from pipeline.engine.training import BatchNormRecalibration, ValidationEarlyStop, class_weights, installed
 
 REPO_BUNDLES = Path(__file__).resolve().parents[2] / "bundles"
+install_one_line_refusals()
 
 
 def bundle_root(name: str) -> str:
@@ -43,16 +56,23 @@ __all__ = [
     "AtomicMetricsSaver",
     "BatchNormRecalibration",
     "BundleKeyError",
+    "BundleRefusal",
     "ClassificationMetric",
     "EpochSeed",
     "KeyMetricCheckpointSaver",
+    "ModelInputError",
+    "NoTrainedModel",
     "PredictionWriter",
     "ResumeCheckpointLoader",
     "ResumeCheckpointSaver",
+    "ResumeMismatch",
     "TrainingLog",
     "ValidationEarlyStop",
     "bundle_root",
     "check_bundle_keys",
+    "check_model_inputs",
+    "check_resume",
+    "check_trained_model",
     "class_weights",
     "classification_metrics",
     "destroy_distributed",
@@ -62,7 +82,10 @@ __all__ = [
     "installed",
     "is_main_process",
     "local_device",
+    "recorded_inputs",
+    "run_identity",
     "stack_pred_label",
+    "trained_input",
 ]
 
 

@@ -42,6 +42,13 @@ def _encoder_weights(value: Any) -> bool:
         return False
 
 
+def _class_names(value: Any) -> bool:
+    from pipeline import CLASS_NAMES
+
+    names = value if isinstance(value, (list, tuple)) and all(isinstance(v, str) for v in value) else []
+    return 2 <= len(set(names)) == len(names) <= len(CLASS_NAMES) and set(names) <= set(CLASS_NAMES)
+
+
 def _switch(value: Any) -> bool:
     return isinstance(value, bool) or value in (0, 1) or (isinstance(value, str) and value.lower() in _SWITCH_TEXT)
 
@@ -82,6 +89,7 @@ BUNDLE_KEY_TYPES: dict[str, tuple[Callable[[Any], bool], str]] = {
         "null or an existing model.pt of mri_cnn3d or mri_fmri_fusion (a PyTorch checkpoint with an MRI encoder)",
     ),
     "mri_encoder_freeze": _SWITCH,
+    "class_names": (_class_names, "two or three distinct names of CN, MCI, AD in label order, e.g. [CN, AD]"),
 }
 
 

@@ -15,6 +15,7 @@ from monai.bundle import ConfigParser
 from monai.transforms import Compose
 
 from pipeline.engine.keys import BundleKeyError, check_bundle_keys
+from pipeline.engine.model_inputs import check_model_inputs, inputs_record
 from pipeline.inference import explain
 from pipeline.inference.qc import thresholds_of
 
@@ -40,11 +41,15 @@ class InferenceBundle:
             ``python -m monai.bundle run --key value`` applies them.
 
     The bundle key ``saliency_method`` (default ``vanilla_grad``) picks the MRI explanation
-    (:data:`pipeline.inference.explain.SALIENCY_METHODS`).
+    (:data:`pipeline.inference.explain.SALIENCY_METHODS`). The keys that define the model's input
+    (``model_inputs``) are those recorded beside the weights when they were trained (``<stem>_inputs.json``,
+    :mod:`pipeline.engine.model_inputs`); ``model_inputs_record`` is that file, or None for weights without one
+    (the config's values are then used, and every prediction says so).
 
     Raises:
         FileNotFoundError: no bundle config or no weights.
-        ValueError: an override of the wrong type (:func:`pipeline.engine.keys.check_bundle_keys`); an unknown
+        ValueError: an override of the wrong type (:func:`pipeline.engine.keys.check_bundle_keys`) or one that
+            contradicts the trained value (:func:`pipeline.engine.model_inputs.check_model_inputs`); an unknown
             ``saliency_method``; weights that are not a plain state dict of the network.
     """
 
@@ -64,6 +69,9 @@ class InferenceBundle:
         if not self.weights.is_file():
             raise FileNotFoundError(f"{self.weights}: no weights; train the bundle first or give --ckpt")
         self.parser = self._parser()
+        self.model_inputs: dict[str, Any] = dict(self.setting("model_inputs", {}))
+        recorded = check_model_inputs(self.weights, self.model_inputs)
+        self.model_inputs_record = inputs_record(self.weights) if recorded is not None else None
         self.saliency_method: str = self.setting("saliency_method", "vanilla_grad")
         problem = explain.saliency_method_problem(self.saliency_method)
         if problem:
@@ -99,6 +107,8 @@ class InferenceBundle:
         parser.read_config(str(self.config))
         parser.read_meta(str(self.root / "configs" / "metadata.json"))
         parser["bundle_root"] = str(self.root)
+        if "model_file" in parser:  # the input keys are read from the record of these weights
+            parser["model_file"] = str(self.weights)
         for key, value in self.overrides.items():
             if key not in parser:  # MONAI would add it silently: a typo must not run with the defaults
                 raise ValueError(f"--set {key}: {self.config} has no such key")

@@ -23,6 +23,7 @@ from monai.transforms import Compose, EnsureTyped, LoadImaged
 
 import pipeline
 from pipeline.atlas import load_atlas
+from pipeline.engine.model_inputs import inputs_record
 from pipeline.inference import explain, report
 from pipeline.inference.bundle import InferenceBundle, file_sha256
 from pipeline.inference.dicom import dicom_series_to_nifti
@@ -49,6 +50,10 @@ PREDICTION, SALIENCY, REPORT = "prediction.json", "saliency.nii.gz", "report.htm
 OUTPUT_FILES = (PREDICTION, SALIENCY, REPORT, CONVERTED_MRI)
 EMPTY_SALIENCY = "MRI saliency map is empty: no positive evidence for the predicted class"
 MISSING_FMRI = "fMRI missing: MRI-only prediction of the fused model (--allow-missing-fmri)"
+NO_INPUTS_RECORD = (
+    "the weights have no record of the keys they were trained with ({name}): predicted with the bundle config's "
+    "input keys, which may not be the model's"
+)
 
 
 @dataclass(frozen=True)
@@ -328,6 +333,8 @@ class Predictor:
         bundle = self.bundle
         missing = [m for m in bundle.modalities if m not in used]
         flags = [MISSING_FMRI] if missing else []
+        if bundle.model_inputs_record is None:
+            flags.append(NO_INPUTS_RECORD.format(name=inputs_record(bundle.weights).name))
         return {
             "subject": subject.name,
             "subject_id": subject.subject_id or subject.name,
@@ -342,6 +349,8 @@ class Predictor:
                 "bundle_version": bundle.version,
                 "weights": str(bundle.weights.resolve()),
                 "weights_sha256": bundle.weights_sha256,
+                "inputs": bundle.model_inputs,
+                "inputs_record": str(bundle.model_inputs_record) if bundle.model_inputs_record else None,
             },
             "inputs": self._inputs(subject, item.get("tr")),
             "qc": {"passed": all(f.status != FAIL for f in findings), "findings": [f.as_dict() for f in findings]},
