@@ -129,6 +129,9 @@ def test_train_workflow_has_every_train_property(bundle, fold_dir, tmp_path):
 
 @pytest.mark.parametrize("bundle", BUNDLES)
 def test_inference_workflow_has_every_infer_property(bundle, fold_dir, tmp_path):
+    from pipeline.bench.infer import untrained_weights
+
+    untrained_weights(REPO / "bundles" / bundle, tmp_path / "model.pt")  # inference refuses to start without a model
     flow = workflow(bundle, ["inference.yaml"], "infer", fold_dir / "repeat-0_fold-0" / "manifest.csv", tmp_path)
     assert flow.check_properties() == []
 

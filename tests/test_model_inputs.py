@@ -408,7 +408,7 @@ def test_resuming_another_fold_in_a_reused_ckpt_dir_is_refused_in_one_line(fold0
     result = run_cli("-m", "monai.bundle", "run", "--config_file", str(config), *cli_overrides(overrides))
     assert result.returncode != 0
     line = one_line(result.stderr)
-    assert "checkpoint.pt: the training state of another run: the manifest's content differs" in line, line
+    assert "checkpoint.pt: the training state of another run: train_rows differ: " in line, line
     assert "--resume false" in line and "another ckpt_dir" in line
     assert {p.name: p.read_bytes() for p in (tmp_path / "ckpt").iterdir()} == before
     assert not (tmp_path / "eval").exists()
@@ -454,9 +454,16 @@ def test_a_checkpoint_without_a_run_record_is_not_resumed(tmp_path):
 
 
 def test_run_identity_names_the_rows_that_differ(corpus):
-    items = [{"subject_id": "sub-01", "session_id": ""}, {"subject_id": "sub-02", "session_id": "bl"}]
-    first = run_identity(corpus.manifest(), items, [], {"seed": 0})
+    def manifest(name: str, splits: list[str]):
+        rows = [
+            {"subject_id": f"sub-0{i + 1}", "split": split, "mri": corpus.t1.name} for i, split in enumerate(splits)
+        ]
+        pd.DataFrame(rows).to_csv(corpus.folder / name, index=False)
+        return {"manifest": corpus.folder / name, "keys": {"seed": 0}}
+
+    first = manifest("a.csv", ["train", "train", "val"])
     path = corpus.folder / "checkpoint.pt"
-    torch.save({"run": first}, path)
-    with pytest.raises(ResumeMismatch, match=r"train_rows differ: 1 only in the checkpoint \(e.g. sub-02_bl\)"):
-        check_resume(path, run_identity(corpus.manifest(), items[:1], [], {"seed": 0}))
+    torch.save({"run": run_identity(**first)}, path)
+    check_resume(path, first)  # the same run
+    with pytest.raises(ResumeMismatch, match=r"train_rows differ: 1 only in the checkpoint \(e.g. sub-02\)"):
+        check_resume(path, manifest("b.csv", ["train", "val", "val"]))

@@ -116,8 +116,10 @@ def register(sub) -> None:
         "writes nothing; soft findings become warnings. Per subject, OUT/<subject>/ gets prediction.json "
         "(probabilities, class, model, weights and input sha256, QC, warnings, timings), saliency.nii.gz (in the "
         "input MRI's space) and report.html; a batch also writes OUT/predictions.csv. The probabilities are those "
-        "of `python -m monai.bundle run --config_file configs/inference.yaml`. Nothing is overwritten without "
-        "--force and nothing is written outside OUT. A research tool: not for diagnosis.",
+        "of `python -m monai.bundle run --config_file configs/inference.yaml`, with the input keys the weights were "
+        "trained with (model_inputs.json beside them). Nothing is overwritten without --force, nothing is written "
+        "outside OUT, and an OUT holding an input or inside an input BIDS dataset (derivatives/ excepted) is refused. "
+        "A research tool: not for diagnosis.",
     )
     p.add_argument("--bundle", required=True, help="bundle folder (e.g. bundles/mri_fmri_fusion)")
     p.add_argument("--mri", help="T1 NIfTI, or a folder holding one DICOM series")
@@ -134,7 +136,12 @@ def register(sub) -> None:
         help="let the fused bundle predict from the MRI alone (flagged in every output; see the bundle's docs for "
         "the accuracy cost)",
     )
-    p.add_argument("--force", action="store_true", help="replace existing subject folders and predictions.csv")
+    p.add_argument(
+        "--force",
+        action="store_true",
+        help="replace earlier outputs of predict: predictions.csv and subject folders holding only its own files "
+        "(a folder holding anything else is never replaced)",
+    )
     p.add_argument(
         "--set",
         action="append",

@@ -18,7 +18,7 @@ a finished run given more epochs trains on.
 
 from __future__ import annotations
 
-from collections.abc import Mapping, Sequence
+from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
 
@@ -45,32 +45,35 @@ class ResumeMismatch(BundleRefusal, ValueError):
     """The resume checkpoint belongs to another run (or does not say which); the message names what differs."""
 
 
-def run_identity(
-    manifest: str | Path, train: Sequence[Mapping], val: Sequence[Mapping], *keys: Mapping[str, Any]
-) -> dict[str, Any]:
-    """What makes a resumed run the same run: the manifest's content, its train and val rows, and bundle keys.
+def run_identity(manifest: str | Path, **keys: Mapping[str, Any]) -> dict[str, Any]:
+    """What makes a resumed run the same run: the manifest's content and its train and val rows, and bundle keys.
 
     Args:
         manifest: the manifest CSV.
-        train: the training data list (items with ``subject_id`` and ``session_id``).
-        val: the validation data list.
-        keys: bundle keys and values (the bundle's ``model_inputs`` and ``run_keys``).
+        keys: groups of bundle keys and their values (the bundle's ``model_inputs`` and ``run_keys``).
     """
-    from pipeline.manifest import manifest_sha256
+    from pipeline.manifest import manifest_sha256, read_manifest
 
-    def rows(items: Sequence[Mapping]) -> list[str]:
-        return sorted({"_".join(filter(None, (str(i["subject_id"]), str(i.get("session_id", ""))))) for i in items})
-
-    identity: dict[str, Any] = {"manifest_sha256": manifest_sha256(manifest), "train_rows": rows(train)}
-    identity["val_rows"] = rows(val)
-    for group in keys:
+    frame = read_manifest(manifest)
+    names = [f"{s}_{t}" if t else s for s, t in zip(frame["subject_id"], frame.get("session_id", [""] * len(frame)))]
+    splits = frame["split"] if "split" in frame.columns else [""] * len(frame)
+    identity: dict[str, Any] = {}
+    for part in ("train", "val"):
+        identity[f"{part}_rows"] = sorted(name for name, split in zip(names, splits) if split == part)
+    for group in keys.values():
         identity.update(plain(dict(group)))
+    identity["manifest_sha256"] = manifest_sha256(manifest)  # last: any other change to the manifest
     return identity
 
 
-def check_resume(path: str | Path, identity: Mapping[str, Any], resume: bool = True) -> None:
-    """Refuse to resume from ``path`` when its recorded run is not ``identity`` (nothing to check without ``resume``
-    or without a checkpoint).
+def check_resume(path: str | Path, run: Mapping[str, Any], resume: bool = True) -> None:
+    """Refuse to resume from ``path`` when the run it records is not this one (nothing is read without ``resume``
+    or without a checkpoint, so a workflow that never resumes needs no manifest here).
+
+    Args:
+        path: the resume checkpoint.
+        run: the arguments of :func:`run_identity` (the bundle's ``same_run``).
+        resume: the bundle key ``resume``.
 
     Raises:
         ResumeMismatch: naming the first key that differs and how to start afresh.
@@ -83,8 +86,9 @@ def check_resume(path: str | Path, identity: Mapping[str, Any], resume: bool = T
         raise ResumeMismatch(
             f"{path}: records no run (written by an older neurofusion), so it may be another's; {_FRESH}"
         )
+    identity = run_identity(**run)
     for key in dict.fromkeys([*identity, *recorded]):
-        then, now = recorded.get(key), plain(identity.get(key))
+        then, now = recorded.get(key), identity.get(key)
         if then != now:
             raise ResumeMismatch(f"{path}: the training state of another run: {_difference(key, then, now)}; {_FRESH}")
 
@@ -137,23 +141,26 @@ class ResumeCheckpointSaver:
     Args:
         path: the checkpoint file.
         save_dict: objects with ``state_dict()`` (network, optimizer, scheduler, handlers).
-        run: the run's identity (:func:`run_identity`).
+        run: the arguments of :func:`run_identity` (the bundle's ``same_run``).
     """
 
     def __init__(self, path: str | Path, save_dict: Mapping[str, Any], run: Mapping[str, Any] | None = None) -> None:
         self.path = Path(path)
         self.save_dict = dict(save_dict)
-        self.run = plain(dict(run)) if run is not None else None
+        self.run = run
+        self.identity: dict[str, Any] | None = None
 
     def attach(self, engine: Engine) -> None:
+        if self.run is not None:
+            self.identity = run_identity(**self.run)
         engine.add_event_handler(Events.EPOCH_COMPLETED, self._save, {**self.save_dict, "trainer": engine})
 
     def _save(self, engine: Engine, objects: Mapping[str, Any]) -> None:
         if not is_main_process():
             return
         state = {name: _unwrap(obj).state_dict() for name, obj in objects.items()}
-        if self.run is not None:
-            state[RUN] = self.run
+        if self.identity is not None:
+            state[RUN] = self.identity
         with atomic_path(self.path) as tmp:
             torch.save(state, tmp)
 
@@ -162,12 +169,12 @@ class ResumeCheckpointLoader(CheckpointLoader):
     """MONAI's ``CheckpointLoader`` that also restores the trainer it is attached to, so training continues
     from the checkpoint's epoch (up to the configured ``max_epochs``; a finished run does nothing).
 
-    With ``run`` (:func:`run_identity`) a checkpoint of another run is refused before anything is restored
-    (:func:`check_resume`).
+    With ``run`` (the arguments of :func:`run_identity`) a checkpoint of another run is refused before anything is
+    restored (:func:`check_resume`).
 
     Args:
         args: those of :class:`monai.handlers.CheckpointLoader`; ``load_dict`` names everything but the trainer.
-        run: this run's identity.
+        run: the bundle's ``same_run``.
         kwargs: those of :class:`monai.handlers.CheckpointLoader`.
     """
 
