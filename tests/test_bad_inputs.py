@@ -402,7 +402,15 @@ def test_predict_refuses_a_broken_scan_and_writes_nothing(corpus, untrained, cap
     assert not (tmp_path / "out").exists()
 
 
-@pytest.mark.parametrize("case", ["tr-zero", *TABLE_CASES, *(c for c in TEXT_CASES if not c.startswith("row-after"))])
+# inference needs no diagnosis: predict ignores the column (tests/test_output_safety.py)
+@pytest.mark.parametrize(
+    "case",
+    [
+        "tr-zero",
+        *(c for c in TABLE_CASES if c != "unknown-diagnosis"),
+        *(c for c in TEXT_CASES if not c.startswith("row-after")),
+    ],
+)
 def test_predict_refuses_a_broken_manifest_and_writes_nothing(corpus, untrained, capsys, tmp_path, case):
     manifest = corpus.manifest(case)
     line = refused(capsys, predict(untrained, "fmri_lstm", tmp_path / "out", "--manifest", str(manifest)))
