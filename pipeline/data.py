@@ -90,7 +90,7 @@ def manifest_datalist(
 
 
 def read_rows(manifest: str | Path, labelled: bool = True, **checks) -> pd.DataFrame:
-    """A manifest read and validated for a workflow (:func:`pipeline.manifest.validate_manifest`); one that needs no
+    """A manifest read and validated for a workflow (:func:`pipeline.manifest.load_manifest`); one that needs no
     labels (inference) ignores the ``diagnosis`` column, so a diagnosis it would not use cannot refuse the batch.
 
     Args:
@@ -101,10 +101,10 @@ def read_rows(manifest: str | Path, labelled: bool = True, **checks) -> pd.DataF
     Raises:
         ManifestError: every problem found.
     """
-    frame = read_manifest(manifest)
-    if not labelled:
-        frame = frame.drop(columns="diagnosis", errors="ignore")
-    problems = validate_manifest(frame, require_diagnosis=labelled, **checks)
+    if labelled:
+        return load_manifest(manifest, require_diagnosis=True, **checks)
+    frame = read_manifest(manifest).drop(columns="diagnosis", errors="ignore")
+    problems = validate_manifest(frame, **checks)  # each item's TR is resolved by manifest_datalist itself
     if problems:
         raise ManifestError(problems)
     return frame
