@@ -541,15 +541,15 @@ def test_dicom_series_converts_with_the_geometry_and_values_of_the_nifti(subject
 def test_a_dicom_folder_as_mri_predicts_as_its_nifti(trained_bundles, subjects, tmp_path):
     t1 = subject_files(subjects)[0]
     write_dicom_series(nib.load(t1), tmp_path / "dicom")
-    bundle = trained_bundles["mri_cnn3d"]
-    assert predict(bundle, "--mri", str(tmp_path / "dicom"), "--subject", "from-dicom", "--out", str(tmp_path)) == 0
-    assert predict(bundle, "--mri", str(t1), "--subject", "from-nifti", "--out", str(tmp_path)) == 0
-    dicom, nifti = (json.loads((tmp_path / s / "prediction.json").read_text()) for s in ("from-dicom", "from-nifti"))
+    bundle, out = trained_bundles["mri_cnn3d"], tmp_path / "out"  # not the folder holding the input: refused
+    assert predict(bundle, "--mri", str(tmp_path / "dicom"), "--subject", "from-dicom", "--out", str(out)) == 0
+    assert predict(bundle, "--mri", str(t1), "--subject", "from-nifti", "--out", str(out)) == 0
+    dicom, nifti = (json.loads((out / s / "prediction.json").read_text()) for s in ("from-dicom", "from-nifti"))
     assert dicom["inputs"]["mri"]["format"] == "DICOM series"
-    assert (tmp_path / "from-dicom" / "mri_from_dicom.nii.gz").is_file()
+    assert (out / "from-dicom" / "mri_from_dicom.nii.gz").is_file()
     assert dicom["probabilities"] == pytest.approx(nifti["probabilities"], abs=1e-5)
-    saliency = nib.load(tmp_path / "from-dicom" / "saliency.nii.gz")
-    np.testing.assert_allclose(saliency.affine, nib.load(tmp_path / "from-dicom" / "mri_from_dicom.nii.gz").affine)
+    saliency = nib.load(out / "from-dicom" / "saliency.nii.gz")
+    np.testing.assert_allclose(saliency.affine, nib.load(out / "from-dicom" / "mri_from_dicom.nii.gz").affine)
 
 
 def test_a_mistyped_set_key_is_refused_instead_of_running_with_the_default(trained_bundles, subjects, tmp_path, capsys):
