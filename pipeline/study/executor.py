@@ -25,6 +25,8 @@ import json
 import logging
 import os
 import signal
+import threading
+import time
 from collections.abc import Callable, Iterator, Sequence
 from concurrent import futures
 from concurrent.futures.process import BrokenProcessPool
@@ -186,12 +188,29 @@ def _run_here(work: Callable[[T], Any], items: Sequence[T], threads: int, bar: t
             bar.update()
 
 
-def _start_worker(threads: int) -> None:
+def _start_worker(threads: int, parent: int) -> None:
     """Initialiser of a pool worker: its threads, and no reaction to Ctrl-C (the parent stops it with SIGTERM,
-    which unwinds the running job so its own clean-up runs)."""
+    which unwinds the running job so its own clean-up runs). A parent killed outright (``kill -9``, out of memory)
+    cannot send it, so the worker sends itself that SIGTERM when its parent is gone, instead of training on
+    as an orphan that still holds the command's output pipes (see :func:`_terminate_with_parent`)."""
     set_threads(threads)
     signal.signal(signal.SIGINT, signal.SIG_IGN)
     signal.signal(signal.SIGTERM, _exit_on_term)
+    _terminate_with_parent(parent)
+
+
+def _terminate_with_parent(parent: int, poll_seconds: float = 0.5, grace_seconds: float = 30.0) -> None:
+    """Watch the parent from a daemon thread; once it is gone, SIGTERM this process (its job unwinds and cleans up)
+    and, should that not end it within ``grace_seconds``, exit outright (an unfinished job is redone anyway)."""
+
+    def watch() -> None:
+        while os.getppid() == parent:
+            time.sleep(poll_seconds)
+        os.kill(os.getpid(), signal.SIGTERM)
+        time.sleep(grace_seconds)
+        os._exit(128 + signal.SIGTERM)
+
+    threading.Thread(target=watch, name="parent-watch", daemon=True).start()
 
 
 def _exit_on_term(signum, frame) -> None:
@@ -216,7 +235,7 @@ def _pool_loop(work, items, execution: Execution, bar: tqdm, label, abandon) -> 
         max_workers=min(execution.at_once, len(items)),
         mp_context=multiprocessing.get_context("spawn"),
         initializer=_start_worker,
-        initargs=(execution.threads,),
+        initargs=(execution.threads, os.getpid()),
     )
     try:
         while pending or running:
