@@ -24,6 +24,7 @@ import contextlib
 import json
 import logging
 import os
+import pickle
 import signal
 import threading
 import time
@@ -241,7 +242,7 @@ def _pool_loop(work, items, execution: Execution, bar: tqdm, label, abandon) -> 
         while pending or running:
             while pending and failure is None and len(running) < execution.at_once:
                 item = pending.pop()
-                running[pool.submit(work, item)] = item
+                running[pool.submit(_keeping_causes, work, item)] = item
             if not running:
                 break
             done, _ = futures.wait(running, return_when=futures.FIRST_COMPLETED)
@@ -268,7 +269,43 @@ def _job_error(name: str, error: BaseException) -> BaseException:
     """The error a job raised (as a sequential run would raise it), or one naming the job whose worker died."""
     if isinstance(error, BrokenProcessPool):
         return RuntimeError(f"{name}: its worker process died (killed, or out of memory?)")
+    if isinstance(error, _CausedError):
+        for outer, inner in zip(error.chain, error.chain[1:]):
+            outer.__cause__ = inner
+        return error.chain[0]
     return error
+
+
+class _CausedError(Exception):
+    """A worker's error with its chain of causes, which pickling to the parent would drop (MONAI wraps an error of
+    a config expression in ``Failed to evaluate ...``; the cause is the message the user needs)."""
+
+    def __init__(self, chain: list[BaseException]) -> None:
+        super().__init__(str(chain[0]))
+        self.chain = chain
+
+    def __reduce__(self):
+        return (_CausedError, (self.chain,))
+
+
+def _keeping_causes(work: Callable[[T], Any], item: T) -> Any:
+    """Run one job in a worker; an error travels back with its causes (each made picklable)."""
+    try:
+        return work(item)
+    except Exception as err:
+        chain = []
+        while err is not None and len(chain) < 20:
+            chain.append(_picklable(err))
+            err = err.__cause__
+        raise _CausedError(chain) from None
+
+
+def _picklable(err: BaseException) -> BaseException:
+    try:
+        pickle.loads(pickle.dumps(err))
+        return err
+    except Exception:
+        return RuntimeError(f"{type(err).__name__}: {err}")
 
 
 def _stop(pool: futures.ProcessPoolExecutor) -> None:
