@@ -176,7 +176,9 @@ def study_runs(tiny_cohort, tmp_path_factory) -> dict:
     study, run, again, env = write_study(folder, tiny_cohort), folder / "run", folder / "again", offline_env(folder)
 
     def experiment(out: Path) -> list[str]:
-        return ["-m", "pipeline.cli", "experiment", str(study), "--out", str(out), "--quiet", "--bootstrap", "20"]
+        # one job at a time: two parallel jobs of the same length finish together, leaving no moment between them
+        args = ["experiment", str(study), "--out", str(out), "--quiet", "--bootstrap", "20", "--jobs", "1"]
+        return ["-m", "pipeline.cli", *args]
 
     kill_when(start(experiment(run), env), lambda: bool(done_files(run)))
     before = done_files(run)

@@ -30,6 +30,7 @@ from concurrent.futures import ProcessPoolExecutor
 from dataclasses import dataclass
 from pathlib import Path
 
+import nibabel as nib
 import numpy as np
 import torch
 from monai.config import KeysCollection
@@ -50,7 +51,7 @@ SIMILARITY = "registration_similarity"
 #: N4 works on a grid of about this spacing (mm): the bias field is smooth, a finer grid only costs time
 _N4_MM = 12.0
 _LPS = np.diag([-1.0, -1.0, 1.0, 1.0])  # RAS (nibabel, MONAI) <-> LPS (ITK, ANTs); its own inverse
-_CACHE_VERSION = "1"
+_CACHE_VERSION = "2"  # 2: registered in the closest canonical voxel order
 
 
 class RegistrationError(ValueError):
@@ -128,6 +129,16 @@ def template_grid(spatial_size: Sequence[int], pixdim: Sequence[float]) -> np.nd
     affine = np.diag([*spacing, 1.0])
     affine[:3, 3] = (lo + hi) / 2 - spacing * (np.asarray(spatial_size) - 1) / 2
     return affine
+
+
+def closest_canonical(array: np.ndarray, affine: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """The voxels and affine with the axes flipped and permuted to lie closest to RAS (as nibabel's
+    ``as_closest_canonical``): the same scan stored in another voxel order (a DICOM series' LPS slices) is then
+    the same array, and registers to the same matrix."""
+    orientation = nib.orientations.io_orientation(affine)
+    canonical = nib.orientations.apply_orientation(array, orientation)
+    to_stored = nib.orientations.inv_ornt_aff(orientation, array.shape)
+    return canonical, np.asarray(affine, dtype=np.float64) @ to_stored
 
 
 def to_ants(array: np.ndarray, affine: np.ndarray) -> ants.ANTsImage:
@@ -242,7 +253,7 @@ def register_t1(
         seed: ANTs' random seed (metric sampling), at least 1: ANTs reads 0 as "seed from the clock".
     """
     template = mni_template(float(level_mm))
-    moving = to_ants(array, affine)
+    moving = to_ants(*closest_canonical(array, affine))
     if not np.allclose(moving.spacing, level_mm):  # coarser scans too: ANTs' pyramid shrinks the grid up to 6x
         moving = ants.resample_image(moving, (level_mm,) * 3, use_voxels=False, interp_type=0)
     bias = None
