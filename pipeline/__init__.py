@@ -8,6 +8,8 @@ import warnings
 __version__ = "0.1.0"
 
 CLASS_NAMES: tuple[str, ...] = ("CN", "MCI", "AD")
+#: how a BOLD run is given to the fMRI encoder (bundle key ``fmri_sequence``): ROI series, dynamic connectivity, frames
+SEQUENCES: tuple[str, ...] = ("roi", "dfc", "volume")
 
 # MONAI's LoadImage builds every image reader it knows; where pydicom is installed without the GPU codec
 # (nvImageCodec), its NvImgCodecPydicomReader announces on each load that it cannot register a GPU DICOM decoder: a

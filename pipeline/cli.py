@@ -1,7 +1,8 @@
 """The ``neurofusion`` command.
 
 Every sub-command exits 0 only on success; errors print one line naming the file, row or key at fault
-(``--debug`` shows the traceback). Sub-commands live in ``pipeline.commands``: one module per group, each with
+(``--debug`` shows the traceback). Sub-commands live in ``pipeline.commands``, one module per command and named after
+it (``study`` holds the study commands ``experiment``, ``variants``, ``report`` and ``demo``), each with
 ``register(subparsers)``.
 """
 
@@ -15,8 +16,10 @@ import sys
 from collections.abc import Sequence
 
 COMMAND_MODULES = (
-    "pipeline.commands.data",
-    "pipeline.commands.signals",
+    "pipeline.commands.synth",
+    "pipeline.commands.manifest",
+    "pipeline.commands.split",
+    "pipeline.commands.roi",
     "pipeline.commands.preprocess",
     "pipeline.commands.study",
     "pipeline.commands.bench",

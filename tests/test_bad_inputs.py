@@ -10,9 +10,10 @@ import pandas as pd
 import pytest
 
 from pipeline.cli import _one_line, main
-from pipeline.engine import BundleKeyError, check_bundle_keys
+from pipeline.data.manifest import LINE, load_manifest, read_manifest
+from pipeline.engine import check_bundle_keys
 from pipeline.engine.workflow import run_bundle
-from pipeline.manifest import LINE, load_manifest, read_manifest
+from pipeline.errors import BundleKeyError
 from pipeline.study.runner import prepare_folds
 from pipeline.study.spec import load_study
 from tests.bad_inputs import (

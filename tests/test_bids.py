@@ -11,10 +11,11 @@ import numpy as np
 import pandas as pd
 import pytest
 
-from pipeline.bids import bids_manifest
 from pipeline.cli import main
-from pipeline.manifest import ManifestError, read_manifest
-from pipeline.tables import UnmappedLabelsError, parse_label_map, table_manifest, write_checked
+from pipeline.data.bids import bids_manifest
+from pipeline.data.manifest import read_manifest
+from pipeline.data.tables import UnmappedLabelsError, parse_label_map, table_manifest, write_checked
+from pipeline.errors import ManifestError
 from tests.conftest import run_cli
 
 MNI = "space-MNI152NLin2009cAsym"

@@ -12,7 +12,7 @@ import torch.distributed as dist
 import torch.multiprocessing as mp
 
 from pipeline.engine.metrics import ClassificationMetric, classification_metrics
-from pipeline.export import load_network
+from pipeline.inference.export import load_network
 from tests.conftest import REPO, TINY_OVERRIDES, cli_overrides, run_cli
 
 BUNDLE = REPO / "bundles" / "mri_fmri_fusion"

@@ -11,7 +11,7 @@ import torch
 
 from pipeline.cli import main
 from pipeline.engine.workflow import run_bundle
-from pipeline.export import ExportMismatch, check_onnx, example_inputs, load_network
+from pipeline.inference.export import ExportMismatch, check_onnx, example_inputs, load_network
 from tests.conftest import REPO, TINY_OVERRIDES, run_cli
 
 onnxruntime = pytest.importorskip("onnxruntime", reason="ONNX checks need the optional extra neurofusion[export]")

@@ -234,7 +234,7 @@ def test_a_cache_file_left_truncated_by_a_killed_run_is_recomputed(tmp_path):
     import numpy as np
     from monai.transforms import Compose, ScaleIntensityd
 
-    from pipeline.data import make_dataset
+    from pipeline.data.datasets import make_dataset
 
     data, chain = [{"x": np.arange(4000, dtype=np.float32)}], Compose([ScaleIntensityd(keys="x")])
     first = make_dataset(data, chain, cache_dir=tmp_path)[0]["x"]

@@ -18,9 +18,10 @@ from monai.transforms import LoadImage
 from nilearn.maskers import NiftiLabelsMasker
 from nilearn.signal import clean
 
-from pipeline.atlas import load_atlas
 from pipeline.cli import main
-from pipeline.data import manifest_datalist
+from pipeline.data.atlas import load_atlas
+from pipeline.data.datasets import manifest_datalist
+from pipeline.data.timing import TRError, resolve_tr
 from pipeline.networks import FMRIClassifier, FusionClassifier
 from pipeline.transforms import (
     RandDrift,
@@ -30,11 +31,9 @@ from pipeline.transforms import (
     TemporalCleand,
     TemporalPadOrCrop,
     TemporalResample,
-    TRError,
     fmri_steps,
     fmri_transforms,
     load_confounds,
-    resolve_tr,
 )
 from tests.conftest import NIBABEL_DATA, REPO
 

@@ -13,10 +13,10 @@ import pandas as pd
 import pytest
 import torch
 
-from pipeline.atlas import load_atlas
 from pipeline.bench.infer import untrained_weights
 from pipeline.bench.registration import planted_template_to_subject
 from pipeline.cli import main
+from pipeline.data.atlas import load_atlas
 from pipeline.engine.workflow import run_bundle
 from pipeline.inference import InferenceBundle, Predictor, Subject, explain
 from pipeline.synth import ATROPHY_REGIONS, atrophy_mask

@@ -8,7 +8,8 @@ from pathlib import Path
 
 import pytest
 
-from pipeline.manifest import ManifestError, load_manifest, read_manifest, validate_manifest
+from pipeline.data.manifest import load_manifest, read_manifest, validate_manifest
+from pipeline.errors import ManifestError
 from tests.conftest import NIBABEL_DATA
 
 
@@ -88,7 +89,7 @@ def test_bad_tr_is_reported(images):
 def test_paths_survive_rewriting_into_another_folder(images):
     (images / "conf.tsv").write_text("a\tb\n1\t2\n")
     path = write(images / "m.csv", "subject_id,fmri,confounds\nsub-01,bold.nii,conf.tsv\n")
-    from pipeline.manifest import write_manifest
+    from pipeline.data.manifest import write_manifest
 
     write_manifest(read_manifest(path), images / "folds" / "f0" / "m.csv")
     moved = load_manifest(images / "folds" / "f0" / "m.csv")

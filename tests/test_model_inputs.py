@@ -20,10 +20,11 @@ import yaml
 from monai.bundle import ConfigParser
 
 from pipeline.cli import main
-from pipeline.data import manifest_datalist
-from pipeline.engine import BundleKeyError, ResumeMismatch, check_resume, run_identity
+from pipeline.data.datasets import manifest_datalist
+from pipeline.engine import ResumeMismatch, check_resume, run_identity
 from pipeline.engine.model_inputs import ModelInputError, inputs_record, write_model_inputs
 from pipeline.engine.workflow import run_bundle
+from pipeline.errors import BundleKeyError
 from tests.conftest import REPO, TINY_OVERRIDES, cli_overrides, run_cli
 
 BUNDLES = ["mri_cnn3d", "fmri_lstm", "mri_fmri_fusion"]

@@ -15,7 +15,7 @@ from monai.transforms import LoadImaged, RandFlipd
 from nibabel.processing import resample_from_to
 from nilearn.datasets import load_mni152_template
 
-from pipeline.data import make_dataset
+from pipeline.data.datasets import make_dataset
 from pipeline.transforms import DEFAULT_MRI_AUGMENTATION, mri_steps, mri_transforms
 from pipeline.transforms.mri import HAS_TORCHIO
 from tests.conftest import NIBABEL_DATA

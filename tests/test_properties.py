@@ -12,7 +12,7 @@ from hypothesis import HealthCheck, given, reject, settings
 from hypothesis import strategies as st
 
 from pipeline import CLASS_NAMES
-from pipeline.manifest import LINE, assign_folds, fold_manifest, read_manifest, validate_manifest, write_manifest
+from pipeline.data.manifest import LINE, assign_folds, fold_manifest, read_manifest, validate_manifest, write_manifest
 
 FAST = settings(max_examples=40, deadline=None, suppress_health_check=[HealthCheck.too_slow])
 

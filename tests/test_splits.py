@@ -5,7 +5,7 @@ from __future__ import annotations
 import pandas as pd
 import pytest
 
-from pipeline.manifest import assign_folds, fold_manifest
+from pipeline.data.manifest import assign_folds, fold_manifest
 
 
 def cohort(n_per_class: int = 7, sessions: int = 2) -> pd.DataFrame:

@@ -9,7 +9,7 @@ import pandas as pd
 import pytest
 
 from pipeline.cli import main
-from pipeline.manifest import ManifestError
+from pipeline.errors import ManifestError
 from pipeline.study.runner import plan_jobs, prepare_folds, shard_jobs, training_logs
 from pipeline.study.spec import StudyError, load_study
 from tests.conftest import REPO

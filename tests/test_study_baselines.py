@@ -12,8 +12,8 @@ import pytest
 import yaml
 
 from pipeline.cli import main
+from pipeline.data.manifest import read_manifest
 from pipeline.engine import REPO_BUNDLES
-from pipeline.manifest import read_manifest
 from pipeline.study import baselines
 from pipeline.study.runner import fold_tables, prepare_folds, write_plan
 from pipeline.study.spec import BASELINE_NAMES, StudyError, load_study

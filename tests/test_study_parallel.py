@@ -161,14 +161,14 @@ def _through_persistent_cache(folder: str, rounds: int, reader: bool) -> None:
 
     from monai.transforms import Lambda
 
-    from pipeline.data import make_dataset
+    from pipeline.data.datasets import make_dataset
 
     if Path("/dev/shm").is_dir():  # MONAI moved its files in from here: across file systems a move is a copy
         tempfile.tempdir = "/dev/shm"
     broken = []
     handler = logging.Handler()
     handler.emit = broken.append
-    logging.getLogger("pipeline.data").addHandler(handler)
+    logging.getLogger("pipeline.data.datasets").addHandler(handler)
     for value in range(rounds):
         deadline = time.monotonic() + 30
         while reader and len(list(Path(folder).glob("[!.]*.pt"))) <= value and time.monotonic() < deadline:
@@ -187,7 +187,7 @@ def test_a_job_reading_the_dataset_cache_while_another_writes_it_never_reads_hal
 
 
 def _in_two_processes(target, *arguments) -> None:
-    import pipeline.data  # noqa: F401  (imported once here; the forked processes inherit it)
+    import pipeline.data.datasets  # noqa: F401  (imported once here; the forked processes inherit it)
     import pipeline.transforms.registration  # noqa: F401
 
     processes = [multiprocessing.get_context("fork").Process(target=target, args=args) for args in arguments]

@@ -12,7 +12,7 @@ import numpy as np
 import pytest
 from nilearn.image import index_img, resample_to_img
 
-from pipeline.atlas import load_atlas
+from pipeline.data.atlas import load_atlas
 from pipeline.synth import (
     ATROPHY_REGIONS,
     DMN_REGIONS,

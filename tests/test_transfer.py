@@ -13,8 +13,9 @@ import yaml
 from monai.engines import SupervisedTrainer
 
 from pipeline.cli import main
-from pipeline.engine import BundleKeyError, check_bundle_keys
-from pipeline.manifest import read_manifest, write_manifest
+from pipeline.data.manifest import read_manifest, write_manifest
+from pipeline.engine import check_bundle_keys
+from pipeline.errors import BundleKeyError
 from pipeline.networks import EncoderWeightsError, FMRIClassifier, FusionClassifier, MRIClassifier, load_mri_encoder
 from pipeline.study import report, runner, transfer
 from pipeline.study.spec import StudyError, load_study

@@ -22,7 +22,7 @@ import pandas as pd
 import torch
 import yaml
 
-from pipeline.data import manifest_datalist
+from pipeline.data.datasets import manifest_datalist
 from pipeline.engine.metrics import classification_metrics
 from pipeline.inference import InferenceBundle
 

@@ -22,7 +22,7 @@ from sklearn.model_selection import StratifiedKFold, cross_val_score
 from sklearn.pipeline import make_pipeline
 from sklearn.preprocessing import StandardScaler
 
-from pipeline.data import manifest_datalist
+from pipeline.data.datasets import manifest_datalist
 from pipeline.transforms import subject_transforms
 
 

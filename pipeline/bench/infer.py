@@ -17,7 +17,7 @@ from pathlib import Path
 
 import numpy as np
 
-from pipeline.commands import CommandError
+from pipeline.errors import CommandError
 
 describe = (
     "clinical-style inference of the fused bundle on a full-resolution subject (1 mm T1, 140-volume BOLD): warm "

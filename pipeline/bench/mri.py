@@ -104,7 +104,7 @@ def _eager_vs_lazy(paths: list[Path], grids: dict[str, dict], repeats: int) -> N
 
 
 def _cohort(folder: Path, n: int) -> list[dict]:
-    from pipeline.data import manifest_datalist
+    from pipeline.data.datasets import manifest_datalist
     from pipeline.synth import write_cohort
 
     manifest = write_cohort(folder / "cohort", n_cn=0, n_mci=0, n_ad=0, n_mri_only=n, profile="demo", progress=False)
@@ -127,7 +127,7 @@ def bundle_chain(augment: bool, registration_cache: str | Path):
 
 def _epoch_times(data: list[dict], augment: bool, folder: Path, repeats: int) -> tuple[float, float, float]:
     """Seconds per subject of an uncached, in-memory-cached and disk-cached training epoch."""
-    from pipeline.data import make_dataset
+    from pipeline.data.datasets import make_dataset
 
     chain = bundle_chain(augment, folder / "registration")
     uncached = best_time(lambda: _epoch(make_dataset(data, chain, cache_rate=0.0)), repeats)
@@ -165,7 +165,7 @@ def cache_memory(
     subjects cycling over ``files`` with the bundles' training chain (an in-memory cache without ``cache_dir``; each
     file registered once, into ``registration_cache``)."""
     warnings.filterwarnings("ignore")
-    from pipeline.data import make_dataset
+    from pipeline.data.datasets import make_dataset
 
     chain = bundle_chain(True, registration_cache)
     data = [{"image": files[i % len(files)], "subject_id": f"sub-{i:05d}"} for i in range(n)]

@@ -61,7 +61,7 @@ def _compare(path: Path, atlas_name: str, repeats: int) -> None:
     from monai.transforms import LoadImage
     from nilearn.maskers import NiftiLabelsMasker
 
-    from pipeline.atlas import load_atlas
+    from pipeline.data.atlas import load_atlas
     from pipeline.transforms import ROISignals
     from pipeline.transforms.fmri import _labels_on_grid
 

@@ -6,11 +6,11 @@ import argparse
 import importlib.util
 from pathlib import Path
 
-from pipeline.commands import CommandError
+from pipeline.errors import CommandError
 
 
 def cmd_export(args: argparse.Namespace) -> int:
-    from pipeline.export import EXTRA_PACKAGES, check_onnx, describe_inputs, export_onnx, load_network
+    from pipeline.inference.export import EXTRA_PACKAGES, check_onnx, describe_inputs, export_onnx, load_network
     from pipeline.io import check_not_input
 
     missing = [name for name in EXTRA_PACKAGES if importlib.util.find_spec(name) is None]

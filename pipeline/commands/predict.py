@@ -6,7 +6,7 @@ import argparse
 import re
 from pathlib import Path
 
-from pipeline.commands import CommandError
+from pipeline.errors import CommandError
 
 #: a BIDS subject (and session) in a file name: ``sub-001_ses-bl_T1w.nii.gz`` -> ``sub-001_ses-bl``
 _BIDS_NAME = re.compile(r"sub-[A-Za-z0-9]+(_ses-[A-Za-z0-9]+)?")
@@ -42,7 +42,7 @@ def manifest_subjects(path: str, modalities: list[str]) -> list:
     (:func:`~pipeline.inference.outputs.folder_name`); the outputs keep the ids as the manifest spells them. The
     images are checked by the predictor's QC (which also accepts a DICOM folder as ``mri``), not here.
     """
-    from pipeline.data import read_rows
+    from pipeline.data.datasets import read_rows
     from pipeline.inference import Subject
     from pipeline.inference.outputs import folder_name
 

@@ -5,7 +5,7 @@ from __future__ import annotations
 import argparse
 from pathlib import Path
 
-from pipeline.commands import CommandError
+from pipeline.errors import CommandError
 
 #: bundle key -> argument of :func:`~pipeline.transforms.mri_steps`
 BUNDLE_GRID_KEYS = {"mri_spatial_size": "spatial_size", "mri_pixdim": "pixdim"}

@@ -7,7 +7,7 @@ import time
 from collections.abc import Sequence
 from pathlib import Path
 
-from pipeline.commands import CommandError
+from pipeline.errors import CommandError
 
 REPO_ROOT = Path(__file__).resolve().parents[2]
 PAPER_STUDY = REPO_ROOT / "bundles" / "experiments" / "paper_study.yaml"

@@ -24,7 +24,7 @@ from pipeline.engine.distributed import (
     local_device,
 )
 from pipeline.engine.handlers import AtomicMetricsSaver, PredictionWriter, TrainingLog
-from pipeline.engine.keys import BundleKeyError, check_bundle_keys
+from pipeline.engine.keys import check_bundle_keys
 from pipeline.engine.metrics import METRICS, ClassificationMetric, classification_metrics, stack_pred_label
 from pipeline.engine.model_inputs import (
     ModelInputError,
@@ -55,7 +55,6 @@ __all__ = [
     "METRICS",
     "AtomicMetricsSaver",
     "BatchNormRecalibration",
-    "BundleKeyError",
     "BundleRefusal",
     "ClassificationMetric",
     "EpochSeed",

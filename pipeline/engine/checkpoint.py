@@ -52,7 +52,7 @@ def run_identity(manifest: str | Path, **keys: Mapping[str, Any]) -> dict[str, A
         manifest: the manifest CSV.
         keys: groups of bundle keys and their values (the bundle's ``model_inputs`` and ``run_keys``).
     """
-    from pipeline.manifest import manifest_sha256, read_manifest
+    from pipeline.data.manifest import manifest_sha256, read_manifest
 
     frame = read_manifest(manifest)
     names = [f"{s}_{t}" if t else s for s, t in zip(frame["subject_id"], frame.get("session_id", [""] * len(frame)))]

@@ -12,6 +12,9 @@ import numbers
 from collections.abc import Callable
 from typing import Any
 
+from pipeline.data.manifest import CLASS_NAMES_RULE, valid_class_names
+from pipeline.errors import BundleKeyError, key_problem
+
 _SWITCH_TEXT = {"true", "false", "yes", "no", "on", "off", "1", "0", "none", "null", ""}
 
 
@@ -40,13 +43,6 @@ def _encoder_weights(value: Any) -> bool:
         return path is None or bool(encoder_state(path))
     except EncoderWeightsError:
         return False
-
-
-def _class_names(value: Any) -> bool:
-    from pipeline import CLASS_NAMES
-
-    names = value if isinstance(value, (list, tuple)) and all(isinstance(v, str) for v in value) else []
-    return 2 <= len(set(names)) == len(names) <= len(CLASS_NAMES) and set(names) <= set(CLASS_NAMES)
 
 
 def _switch(value: Any) -> bool:
@@ -89,12 +85,8 @@ BUNDLE_KEY_TYPES: dict[str, tuple[Callable[[Any], bool], str]] = {
         "null or an existing model.pt of mri_cnn3d or mri_fmri_fusion (a PyTorch checkpoint with an MRI encoder)",
     ),
     "mri_encoder_freeze": _SWITCH,
-    "class_names": (_class_names, "two or three distinct names of CN, MCI, AD in label order, e.g. [CN, AD]"),
+    "class_names": (valid_class_names, CLASS_NAMES_RULE),
 }
-
-
-class BundleKeyError(ValueError):
-    """A bundle key has a value of the wrong type or range; the message names the key."""
 
 
 def bundle_key_problem(key: str, value: Any) -> str | None:
@@ -107,7 +99,7 @@ def bundle_key_problem(key: str, value: Any) -> str | None:
     hint = ""
     if isinstance(value, str) and _parses_as_number(value):
         hint = " (a number given as text; in YAML write exponents with a dot, e.g. 1.0e-3)"
-    return f"bundle key '{key}' must be {expected}, got {value!r}{hint}"
+    return key_problem(key, expected, value, hint)
 
 
 def _parses_as_number(text: str) -> bool:

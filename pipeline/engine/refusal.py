@@ -14,23 +14,20 @@ import sys
 from pathlib import Path
 from types import TracebackType
 
+from pipeline.errors import BundleKeyError, ManifestError
+
 
 class BundleRefusal(Exception):
     """An input the user must fix (a key, a file, a folder): the message says what is wrong and what to do."""
 
 
-def _refusal_types() -> tuple[type[BaseException], ...]:
-    from pipeline.engine.keys import BundleKeyError
-    from pipeline.manifest import ManifestError
-
-    return BundleRefusal, BundleKeyError, ManifestError
+_REFUSALS = (BundleRefusal, BundleKeyError, ManifestError)
 
 
 def refusal_in(err: BaseException | None) -> BaseException | None:
     """The refusal in ``err``'s chain of causes (None: none)."""
-    kinds = _refusal_types()
     while err is not None:
-        if isinstance(err, kinds):
+        if isinstance(err, _REFUSALS):
             return err
         err = err.__cause__ or err.__context__
     return None

@@ -14,8 +14,9 @@ import torch
 from monai.bundle import ConfigParser
 from monai.transforms import Compose
 
-from pipeline.engine.keys import BundleKeyError, check_bundle_keys
+from pipeline.engine.keys import check_bundle_keys
 from pipeline.engine.model_inputs import check_model_inputs, inputs_record
+from pipeline.errors import BundleKeyError
 from pipeline.inference import explain
 from pipeline.inference.qc import thresholds_of
 

@@ -22,7 +22,8 @@ from monai.data import list_data_collate
 from monai.transforms import Compose, EnsureTyped, LoadImaged
 
 import pipeline
-from pipeline.atlas import load_atlas
+from pipeline.data.atlas import load_atlas
+from pipeline.data.timing import resolve_tr
 from pipeline.engine.model_inputs import inputs_record
 from pipeline.inference import explain, report
 from pipeline.inference.bundle import InferenceBundle, file_sha256
@@ -40,7 +41,6 @@ from pipeline.inference.qc import (
 )
 from pipeline.io import atomic_path, atomic_write_json, atomic_write_text
 from pipeline.transforms.checks import CheckImageFiled, CheckImageValuesd
-from pipeline.transforms.fmri import resolve_tr
 from pipeline.transforms.fmri_registration import BOLDRegistrationError
 from pipeline.transforms.registration import SIMILARITY, RegistrationError, subject_affine
 
@@ -106,7 +106,7 @@ def folder_sha256(folder: Path) -> str:
     return digest.hexdigest()
 
 
-#: chain steps that QC stands in for: the header and voxel checks of :mod:`pipeline.images` run as QC findings
+#: chain steps that QC stands in for: the header and voxel checks of :mod:`pipeline.data.images` run as QC findings
 _CHECKS = (CheckImageFiled, CheckImageValuesd)
 
 

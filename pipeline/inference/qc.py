@@ -1,10 +1,10 @@
 """Input quality control before any prediction: hard limits refuse a scan, soft ones become warnings.
 
 The checks that every input of the pipeline gets (readable, not empty, not truncated, dimensionality, plausible grid;
-finite, not blank, BOLD changing over time) are :mod:`pipeline.images`'s, the ones the bundles' chains run; this module
-adds what inference needs on top, with thresholds from the bundle's ``inference.yaml`` (``qc#mri``, ``qc#fmri``): voxel
-size, field of view, orientation and obliquity, number of volumes, TR and its unit (header only), and atlas coverage
-(on the arrays the bundle's chain loaded, so a scan is decompressed once).
+finite, not blank, BOLD changing over time) are :mod:`pipeline.data.images`'s, the ones the bundles' chains run; this
+module adds what inference needs on top, with thresholds from the bundle's ``inference.yaml`` (``qc#mri``,
+``qc#fmri``): voxel size, field of view, orientation and obliquity, number of volumes, TR and its unit (header only),
+and atlas coverage (on the arrays the bundle's chain loaded, so a scan is decompressed once).
 """
 
 from __future__ import annotations
@@ -20,9 +20,9 @@ from typing import Any
 import nibabel as nib
 import numpy as np
 
-from pipeline.atlas import Atlas, load_atlas
-from pipeline.images import ImageError, check_header, check_values
-from pipeline.transforms.fmri import _TIME_UNIT_SECONDS, TRError, resolve_tr
+from pipeline.data.atlas import Atlas, load_atlas
+from pipeline.data.images import ImageError, check_header, check_values
+from pipeline.data.timing import TIME_UNIT_SECONDS, TRError, resolve_tr
 
 PASS, WARN, FAIL = "pass", "warn", "fail"
 #: thresholds every ``qc#<modality>`` mapping of a bundle config needs
@@ -42,7 +42,7 @@ REQUIRED = {
 }
 _RANGES = {"voxel_mm", "fov_mm", "tr_seconds"}  # [low, high]
 _COUNTS = {"min_volumes", "warn_volumes"}
-_SENTENCES = ("file", "values")  # checks whose failures are pipeline.images messages ("mri file is truncated: ...")
+_SENTENCES = ("file", "values")  # checks failing with pipeline.data.images messages ("mri file is truncated: ...")
 _ATLAS_STRIDE = 3  # every 3rd atlas voxel along each axis is enough to measure coverage (~55k AAL points)
 _PERCENTILE_STRIDE = 4
 
@@ -74,7 +74,7 @@ class Finding:
 
     @property
     def message(self) -> str:
-        """``"<check>: <value> (<limit>)"``; a refusal by :mod:`pipeline.images` is its own sentence."""
+        """``"<check>: <value> (<limit>)"``; a refusal by :mod:`pipeline.data.images` is its own sentence."""
         head = "" if self.check in _SENTENCES and self.status == FAIL else f"{self.check}: "
         return head + self.value + (f" ({self.limit})" if self.limit else "")
 
@@ -147,8 +147,9 @@ def _at_most(modality: str, check: str, value: float, text: str, limits: Mapping
 
 
 def _refusal(modality: str, check: str, path: str | Path, err: ImageError) -> Finding:
-    """A refusal of :func:`pipeline.images.check_header` (``check="file"``) or :func:`~pipeline.images.check_values`
-    (``"values"``) as a finding; the file is named once, by :func:`raise_on_failure`."""
+    """A refusal of :func:`~pipeline.data.images.check_header` (``check="file"``) or
+    :func:`~pipeline.data.images.check_values` (``"values"``) as a finding; the file is named once, by
+    :func:`raise_on_failure`."""
     return Finding(modality, check, FAIL, str(err).replace(f": {path}", "").replace(f" {path}", "").strip())
 
 
@@ -158,7 +159,7 @@ def header_checks(
     """Checks that need only the NIfTI header.
 
     The checks every input of the pipeline gets (exists, not empty, readable, dimensionality, plausible grid, not
-    truncated) are :func:`pipeline.images.check_header`'s; added here: voxel size, field of view, orientation and,
+    truncated) are :func:`pipeline.data.images.check_header`'s; added here: voxel size, field of view, orientation and,
     for fMRI, the number of volumes and the TR, against the bundle's thresholds.
 
     Args:
@@ -221,7 +222,7 @@ def _tr(path, header, tr, limits: Mapping, tr_source: str) -> list[Finding]:
     except TRError as err:
         return [Finding("fmri", "TR", FAIL, str(err).removeprefix(f"{path}: "))]
     zooms, unit = header.get_zooms(), header.get_xyzt_units()[1]
-    stored = zooms[3] * _TIME_UNIT_SECONDS.get(unit, math.nan) if len(zooms) > 3 else math.nan
+    stored = zooms[3] * TIME_UNIT_SECONDS.get(unit, math.nan) if len(zooms) > 3 else math.nan
     text = f"{seconds:g} s (header pixdim[4] {zooms[3]:g} {unit})" if len(zooms) > 3 else f"{seconds:g} s"
     finding = _range("fmri", "TR", seconds, text, limits, "tr_seconds")
     if finding.status == PASS and not math.isclose(stored, seconds, rel_tol=0.01):
@@ -260,9 +261,9 @@ def data_checks(
 ) -> list[Finding]:
     """Checks of the loaded voxels.
 
-    Finite, not blank and (fMRI) changing over time are :func:`pipeline.images.check_values`'s, as everywhere in the
-    pipeline; added here: the atlas coverage and, for fMRI, the share of covered atlas voxels whose signal changes and
-    the ROIs left without signal.
+    Finite, not blank and (fMRI) changing over time are :func:`~pipeline.data.images.check_values`'s, as everywhere in
+    the pipeline; added here: the atlas coverage and, for fMRI, the share of covered atlas voxels whose signal changes
+    and the ROIs left without signal.
 
     Args:
         modality: ``"mri"`` or ``"fmri"``.

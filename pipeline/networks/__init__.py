@@ -2,14 +2,13 @@
 
 from __future__ import annotations
 
-from pipeline.networks.fmri_rnn import SEQUENCES, FMRIClassifier, FMRIEncoder, sequence_encoder
+from pipeline.networks.fmri_rnn import FMRIClassifier, FMRIEncoder, sequence_encoder
 from pipeline.networks.fmri_volume import FrameEncoder3D
 from pipeline.networks.fusion import FusionClassifier
 from pipeline.networks.mri_cnn import MRIClassifier, MRIEncoder3D
 from pipeline.networks.pretrained import EncoderWeightsError, load_mri_encoder
 
 __all__ = [
-    "SEQUENCES",
     "EncoderWeightsError",
     "FMRIClassifier",
     "FMRIEncoder",

@@ -15,9 +15,8 @@ from collections.abc import Sequence
 import torch
 from torch import nn
 
+from pipeline import SEQUENCES
 from pipeline.networks.fmri_volume import FrameEncoder3D
-
-SEQUENCES = ("roi", "dfc", "volume")
 
 
 class FMRIEncoder(nn.Module):

@@ -43,9 +43,9 @@ from tqdm import tqdm
 
 import pipeline
 from pipeline import CLASS_NAMES
+from pipeline.data.manifest import manifest_sha256, read_manifest
 from pipeline.engine.metrics import classification_metrics
 from pipeline.io import atomic_path, atomic_write_json, atomic_write_text
-from pipeline.manifest import manifest_sha256, read_manifest
 from pipeline.study.runner import (
     JOB_COLUMNS,
     Job,
@@ -267,15 +267,15 @@ class FeatureStore:
             np.savez(tmp, keys=np.array(list(self.features)), features=np.stack(list(self.features.values())))
 
     def matrix(self, manifest: Path, rows: pd.DataFrame) -> np.ndarray:
-        """Features of ``rows`` (of ``manifest``, as :func:`~pipeline.manifest.read_manifest` reads it), one row each;
-        missing ones are computed from the manifest's data list (the same items the bundles read) and cached."""
+        """Features of ``rows`` (of ``manifest``, as :func:`~pipeline.data.manifest.read_manifest` reads it), one row
+        each; missing ones are computed from the manifest's data list (the same items the bundles read) and cached."""
         keys = [row_key(*values) for values in rows[["subject_id", "session_id", self.chain]].to_numpy()]
         if any(key not in self.features for key in keys):
             self._compute(manifest, set(keys) - set(self.features))
         return np.stack([self.features[key] for key in keys])
 
     def _compute(self, manifest: Path, wanted: set[str]) -> None:
-        from pipeline.data import manifest_datalist
+        from pipeline.data.datasets import manifest_datalist
         from pipeline.transforms import subject_transforms
 
         data_key = DATA_KEYS[self.chain]

@@ -37,10 +37,10 @@ from pathlib import Path
 import pandas as pd
 
 import pipeline
+from pipeline.data.manifest import assign_folds, check_no_leakage, fold_manifest, load_manifest, manifest_sha256
 from pipeline.engine.metrics import classification_metrics
 from pipeline.engine.workflow import run_bundle
 from pipeline.io import atomic_write_json, atomic_write_text
-from pipeline.manifest import assign_folds, check_no_leakage, fold_manifest, load_manifest, manifest_sha256
 from pipeline.study import transfer
 from pipeline.study.executor import Execution, run_jobs
 from pipeline.study.spec import Study
@@ -159,7 +159,7 @@ def prepare_folds(study: Study, out: Path, tables: dict[Path, pd.DataFrame] | No
         if relative.name == "folds.csv":
             atomic_write_text(out / relative, table.to_csv(index=False))
         else:
-            pipeline.manifest.write_fold_manifest(table, out / relative)
+            pipeline.data.manifest.write_fold_manifest(table, out / relative)
 
 
 def _git(*args: str) -> str | None:

@@ -33,9 +33,16 @@ from pathlib import Path
 import pandas as pd
 from tqdm import tqdm
 
+from pipeline.data.manifest import (
+    PATH_COLUMNS,
+    fold_manifest,
+    load_manifest,
+    read_manifest,
+    subject_table,
+    write_manifest,
+)
 from pipeline.engine.workflow import run_bundle
 from pipeline.io import atomic_write_json, atomic_write_text
-from pipeline.manifest import PATH_COLUMNS, fold_manifest, load_manifest, read_manifest, subject_table, write_manifest
 from pipeline.study.spec import Study, StudyError, Transfer
 
 LOG = logging.getLogger(__name__)

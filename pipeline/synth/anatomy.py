@@ -74,7 +74,7 @@ def _world_coords(shape, affine: np.ndarray) -> list[np.ndarray]:
 @functools.lru_cache(maxsize=1)
 def aal_atlas():
     """The AAL atlas (116 regions, cached)."""
-    from pipeline.atlas import load_atlas
+    from pipeline.data.atlas import load_atlas
 
     return load_atlas("AAL")
 

@@ -27,11 +27,9 @@ from pipeline.transforms.fmri import (
     TemporalPadOrCropd,
     TemporalResample,
     TemporalResampled,
-    TRError,
     fmri_steps,
     fmri_transforms,
     load_confounds,
-    resolve_tr,
 )
 from pipeline.transforms.fmri_registration import RegisterBOLD, RegisterBOLDd
 from pipeline.transforms.mri import DEFAULT_MRI_AUGMENTATION, mri_steps, mri_transforms, resample_overrides
@@ -93,7 +91,6 @@ __all__ = [
     "RandTemporalCropd",
     "SlidingWindowCorrelation",
     "SlidingWindowCorrelationd",
-    "TRError",
     "TemporalClean",
     "TemporalCleand",
     "TemporalPadOrCrop",
@@ -105,6 +102,5 @@ __all__ = [
     "load_confounds",
     "mri_steps",
     "mri_transforms",
-    "resolve_tr",
     "subject_transforms",
 ]

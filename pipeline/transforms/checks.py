@@ -1,7 +1,7 @@
 """Input checks at the start of every chain: a broken scan stops with one line naming its file.
 
 :class:`CheckImageFiled` runs before ``LoadImaged`` on the path (header only, so an absurd grid is refused before it is
-allocated); :class:`CheckImageValuesd` runs right after it on the loaded voxels. See :mod:`pipeline.images`.
+allocated); :class:`CheckImageValuesd` runs right after it on the loaded voxels. See :mod:`pipeline.data.images`.
 """
 
 from __future__ import annotations
@@ -15,11 +15,11 @@ import torch
 from monai.config import KeysCollection
 from monai.transforms import MapTransform, Transform
 
-from pipeline.images import check_header, check_values
+from pipeline.data.images import check_header, check_values
 
 
 class CheckImageFile(Transform):
-    """Refuse an image file from its header (see :func:`pipeline.images.check_header`); returns the path unchanged.
+    """Refuse an image file from its header (see :func:`pipeline.data.images.check_header`); returns the path unchanged.
 
     Args:
         kind: ``"mri"`` (a 3D T1) or ``"fmri"`` (a 4D BOLD run).
@@ -57,7 +57,7 @@ class CheckImageFiled(MapTransform):
 class CheckImageValues(Transform):
     """Refuse loaded voxels that are non-finite, all equal, or (fMRI) constant over time; returns them unchanged.
 
-    See :func:`pipeline.images.check_values`; the file named is the MetaTensor's ``filename_or_obj``.
+    See :func:`pipeline.data.images.check_values`; the file named is the MetaTensor's ``filename_or_obj``.
 
     Args:
         kind: ``"mri"`` or ``"fmri"`` (time on the last axis).

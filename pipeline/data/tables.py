@@ -1,9 +1,9 @@
 """Tables -> manifests: diagnosis label maps, ADNIMERGE-like tables joined to image files by a path pattern, and the
-checked writing and summary shared with :mod:`pipeline.bids`.
+checked writing and summary shared with :mod:`pipeline.data.bids`.
 
 A builder collects candidate rows with the *raw* diagnosis label of each subject-session; :func:`finish_build` maps
 the labels to ``CN``/``MCI``/``AD`` (listing every value it cannot map, and failing unless asked to drop them) and
-:func:`write_checked` validates the result with :func:`pipeline.manifest.validate_manifest` before writing it.
+:func:`write_checked` validates the result with :func:`pipeline.data.manifest.validate_manifest` before writing it.
 """
 
 from __future__ import annotations
@@ -22,7 +22,8 @@ from tabulate import tabulate
 from tqdm.auto import tqdm
 
 from pipeline import CLASS_NAMES
-from pipeline.manifest import LINE, ManifestError, read_delimited, validate_manifest, write_manifest
+from pipeline.data.manifest import LINE, read_delimited, validate_manifest, write_manifest
+from pipeline.errors import ManifestError
 
 #: ADNI-style labels: ADNIMERGE ``DX`` / ``DX_bl`` and Clinica's ``sessions.tsv`` / ``participants.tsv`` values.
 DEFAULT_LABEL_MAP = {
@@ -303,7 +304,7 @@ def summary(frame: pd.DataFrame) -> str:
 def read_table(path: str | Path, numeric: Sequence[str] = ()) -> pd.DataFrame:
     """A CSV (or ``.tsv``/``.tab``: tab-separated) table as stripped strings, indexed by each row's line in the file.
 
-    Read by :func:`pipeline.manifest.read_delimited`: spreadsheet exports (BOM, CRLF, a semicolon or tab delimiter,
+    Read by :func:`pipeline.data.manifest.read_delimited`: spreadsheet exports (BOM, CRLF, a semicolon or tab delimiter,
     blank lines) as they come; ``numeric`` columns of a semicolon-delimited file get decimal points.
     """
     path = Path(path)

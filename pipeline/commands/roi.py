@@ -9,7 +9,8 @@ import os
 def _cleaning(args: argparse.Namespace):
     """The cleaning the flags ask for (detrend, confounds, band-pass, z-score) as a function of the ROI series
     (metadata kept), or None; the TR and the confounds are read here, before the run is registered."""
-    from pipeline.transforms import DEFAULT_CONFOUNDS, TemporalClean, load_confounds, resolve_tr
+    from pipeline.data.timing import resolve_tr
+    from pipeline.transforms import DEFAULT_CONFOUNDS, TemporalClean, load_confounds
 
     if not (args.detrend or args.standardize or args.high_pass or args.low_pass or args.confounds):
         return None

@@ -24,6 +24,7 @@ import zlib
 from collections import defaultdict
 from collections.abc import Iterable, Sequence
 from pathlib import Path
+from typing import Any
 
 import nibabel as nib
 import numpy as np
@@ -31,7 +32,9 @@ import pandas as pd
 from sklearn.model_selection import RepeatedStratifiedKFold, train_test_split
 
 from pipeline import CLASS_NAMES
-from pipeline.images import ImageError, check_header, check_values, content_sha256, fingerprint
+from pipeline.data.images import ImageError, check_header, check_values, content_sha256, fingerprint
+from pipeline.data.timing import resolve_tr
+from pipeline.errors import BundleKeyError, ManifestError, key_problem
 from pipeline.io import atomic_write_text
 
 REQUIRED_COLUMNS = ("subject_id",)
@@ -44,15 +47,24 @@ DELIMITERS = (",", ";", "\t")
 NUMERIC_COLUMNS = ("tr", "age")  # a decimal comma in these is read as a point in a semicolon-delimited file
 _DECIMAL_COMMA = re.compile(r"^[+-]?\d+,\d+$")
 _EXCEL_SEP = re.compile(r"^sep=([,;\t])\r?\n?$")  # Excel's optional first line naming the delimiter
+#: what the bundle key ``class_names`` must be
+CLASS_NAMES_RULE = "two or three distinct names of CN, MCI, AD in label order, e.g. [CN, AD]"
 
 
-class ManifestError(ValueError):
-    """A manifest failed validation; ``problems`` lists one message per problem."""
+def valid_class_names(value: Any) -> bool:
+    """Whether ``value`` can be the classes of a model: two or three distinct diagnoses of :data:`CLASS_NAMES`."""
+    names = value if isinstance(value, (list, tuple)) and all(isinstance(v, str) for v in value) else []
+    return 2 <= len(set(names)) == len(names) <= len(CLASS_NAMES) and set(names) <= set(CLASS_NAMES)
 
-    def __init__(self, problems: Sequence[str]):
-        self.problems = list(problems)
-        more = f" (and {len(self.problems) - 1} more)" if len(self.problems) > 1 else ""
-        super().__init__(self.problems[0] + more if self.problems else "invalid manifest")
+
+def check_class_names(value: Any) -> None:
+    """Refuse class names that :func:`valid_class_names` rejects.
+
+    Raises:
+        BundleKeyError: naming the key ``class_names``.
+    """
+    if not valid_class_names(value):
+        raise BundleKeyError(key_problem("class_names", CLASS_NAMES_RULE, value))
 
 
 def _blank(value) -> bool:
@@ -226,8 +238,6 @@ def _tr_value_problem(tr: str) -> str | None:
 
 def _tr_problem(row: pd.Series) -> str | None:
     """The TR of a row's fMRI run, resolved as training will (manifest, sidecar, header); a problem or None."""
-    from pipeline.transforms.fmri import resolve_tr  # imported here: reading a manifest needs no torch / MONAI
-
     try:
         resolve_tr(row["fmri"], row.get("tr"))
     except ValueError as err:  # TRError, or a header nibabel cannot read
@@ -281,10 +291,10 @@ def validate_manifest(
         require_diagnosis: every row needs a diagnosis (training and evaluation).
         require: modality columns every row must have (e.g. ``("mri", "fmri")`` for the fused model).
         check_files: open each image header (existence, readability, dimensionality, plausible grid, a file holding
-            all its data) and resolve each fMRI run's TR (:func:`pipeline.images.check_header`,
-            :func:`~pipeline.transforms.fmri.resolve_tr`).
+            all its data) and resolve each fMRI run's TR (:func:`pipeline.data.images.check_header`,
+            :func:`~pipeline.data.timing.resolve_tr`).
         check_voxels: also read every image's voxels and refuse NaN, infinite or blank ones
-            (:func:`pipeline.images.check_values`; reads every file in full).
+            (:func:`pipeline.data.images.check_values`; reads every file in full).
     """
     problems = []
     for _, row in frame.iterrows():
@@ -319,7 +329,7 @@ def _case_problems(frame: pd.DataFrame) -> list[str]:
 
 def _shared_image_problems(frame: pd.DataFrame) -> list[str]:
     """One image under different subjects: the same file (paths resolved through links) or the same content (equal
-    :func:`~pipeline.images.fingerprint`, confirmed by :func:`~pipeline.images.content_sha256`)."""
+    :func:`~pipeline.data.images.fingerprint`, confirmed by :func:`~pipeline.data.images.content_sha256`)."""
     uses = defaultdict(list)  # resolved file -> [(line, subject, column, path)]
     for _, row in frame.iterrows():
         for column in (c for c in IMAGE_COLUMNS if c in frame.columns and not _blank(row[c])):
@@ -364,7 +374,6 @@ def load_manifest(path: str | Path, **checks) -> pd.DataFrame:
 def _with_tr(frame: pd.DataFrame) -> pd.DataFrame:
     """The TR of every fMRI run written into the ``tr`` column, resolved once (manifest, the sidecar beside the path
     given, header), so a fold manifest written elsewhere carries it."""
-    from pipeline.transforms.fmri import resolve_tr
 
     if "fmri" not in frame.columns:
         return frame

@@ -1,55 +1,14 @@
-"""Data commands: ``synth``, ``manifest check|from-bids|from-table``, ``split``."""
+"""``manifest check|from-bids|from-table``: check a manifest, or build one from BIDS or from a table."""
 
 from __future__ import annotations
 
 import argparse
-from pathlib import Path
 
-from pipeline.commands import CommandError
-
-
-def cmd_synth(args: argparse.Namespace) -> int:
-    from pipeline.synth import write_cohort
-
-    manifest = write_cohort(
-        args.out,
-        n_cn=args.n_cn,
-        n_mci=args.n_mci,
-        n_ad=args.n_ad,
-        n_mri_only=args.n_mri_only,
-        seed=args.seed,
-        profile=args.profile,
-        structural_effect=args.structural_effect,
-        functional_effect=args.functional_effect,
-        progress=not args.quiet,
-    )
-    print(f"wrote synthetic BIDS cohort to {args.out}; manifest: {manifest}")
-    return 0
-
-
-def _add_synth(sub) -> None:
-    p = sub.add_parser(
-        "synth",
-        help="write a synthetic BIDS cohort (real MNI152 anatomy, AAL labels) and its manifest",
-        description="Write a realistic SYNTHETIC cohort as a BIDS dataset plus OUT/manifest.csv. Anatomy comes from "
-        "nilearn's MNI152 templates and the AAL atlas; disease effects (atrophy, weakened default-mode coupling) are "
-        "known, so a pipeline can be checked against them. Not real patients.",
-    )
-    p.add_argument("out", help="output folder (must not exist or be empty)")
-    p.add_argument("--n-cn", type=int, default=10, help="paired (MRI + fMRI) CN subjects (default 10)")
-    p.add_argument("--n-mci", type=int, default=10, help="paired MCI subjects (default 10)")
-    p.add_argument("--n-ad", type=int, default=9, help="paired AD subjects (default 9)")
-    p.add_argument("--n-mri-only", type=int, default=0, help="extra MRI-only subjects, classes balanced (default 0)")
-    p.add_argument("--seed", type=int, default=0, help="random seed; the same seed writes the same cohort")
-    p.add_argument("--profile", choices=["tiny", "demo", "full"], default="demo", help="resolution/length profile")
-    p.add_argument("--structural-effect", type=float, default=1.0, help="scale of atrophy effects (0 = none)")
-    p.add_argument("--functional-effect", type=float, default=1.0, help="scale of fMRI coupling effects (0 = none)")
-    p.add_argument("--quiet", action="store_true", help="no progress bar")
-    p.set_defaults(func=cmd_synth)
+from pipeline.errors import CommandError, ManifestError
 
 
 def cmd_manifest_check(args: argparse.Namespace) -> int:
-    from pipeline.manifest import read_manifest, validate_manifest
+    from pipeline.data.manifest import read_manifest, validate_manifest
 
     frame = read_manifest(args.manifest)
     require = [m for m in (args.require or "").split(",") if m]
@@ -71,31 +30,7 @@ def cmd_manifest_check(args: argparse.Namespace) -> int:
     return 0
 
 
-def cmd_split(args: argparse.Namespace) -> int:
-    from pipeline.io import atomic_write_text
-    from pipeline.manifest import assign_folds, fold_manifest, load_manifest, write_fold_manifest
-
-    frame = load_manifest(args.manifest, require_diagnosis=True)
-    folds = assign_folds(frame, args.folds, args.repeats, args.seed)
-    out = Path(args.out)
-    parts = {  # every fold is built before anything is written: a refused split leaves no partial output
-        out / f"repeat-{repeat}_fold-{fold}" / "manifest.csv": fold_manifest(
-            frame, folds, repeat, fold, args.val_fraction, args.seed
-        )
-        for repeat in range(args.repeats)
-        for fold in range(args.folds)
-    }
-    atomic_write_text(out / "folds.csv", folds.to_csv(index=False))
-    for path, part in parts.items():
-        write_fold_manifest(part, path)
-    print(
-        f"{frame['subject_id'].nunique()} subjects -> {args.repeats} x {args.folds} folds; "
-        f"wrote {out / 'folds.csv'} and one manifest per fold under {out}"
-    )
-    return 0
-
-
-def _add_manifest(sub) -> None:
+def register(sub) -> None:
     p = sub.add_parser("manifest", help="check or build manifests", description="Check or build manifest CSVs.")
     msub = p.add_subparsers(dest="manifest_command", required=True, metavar="{check,from-bids,from-table}")
     check = msub.add_parser(
@@ -118,28 +53,10 @@ def _add_manifest(sub) -> None:
     check.set_defaults(func=cmd_manifest_check)
     _add_manifest_builders(msub)
 
-    s = sub.add_parser(
-        "split",
-        help="subject-level stratified repeated k-fold",
-        description="Assign subject-level, diagnosis-stratified, repeated k-fold splits (all sessions of a subject "
-        "share a fold). Writes OUT/folds.csv and OUT/repeat-R_fold-F/manifest.csv with a split column "
-        "(test = the fold, val = a stratified fraction of the rest, train = the remainder) ready for the bundles: "
-        "image paths absolute as the manifest gives them (symbolic links such as DataLad's kept, not resolved) and "
-        "each run's TR (manifest, sidecar or header) in the tr column.",
-    )
-    s.add_argument("manifest", help="manifest CSV with diagnoses")
-    s.add_argument("--folds", type=int, default=5, help="k (default 5)")
-    s.add_argument("--repeats", type=int, default=1, help="repetitions with new shuffles (default 1)")
-    s.add_argument("--seed", type=int, default=0, help="seed of the shuffles (default 0)")
-    s.add_argument("--val-fraction", type=float, default=0.2, help="validation share of training subjects (0.2)")
-    s.add_argument("--out", required=True, help="output folder")
-    s.set_defaults(func=cmd_split)
-
 
 def _write_built(build, out: str) -> int:
     """Print unmapped labels or validation problems, or write the manifest and print its summary and notes."""
-    from pipeline.manifest import ManifestError
-    from pipeline.tables import UnmappedLabelsError, summary, write_checked
+    from pipeline.data.tables import UnmappedLabelsError, summary, write_checked
 
     try:
         built = build()
@@ -158,8 +75,8 @@ def _write_built(build, out: str) -> int:
 
 
 def cmd_manifest_from_bids(args: argparse.Namespace) -> int:
-    from pipeline.bids import DEFAULT_COVARIATES, bids_manifest
-    from pipeline.tables import parse_covariates
+    from pipeline.data.bids import DEFAULT_COVARIATES, bids_manifest
+    from pipeline.data.tables import parse_covariates
 
     print(f"indexing {args.bids_dir} with pybids (large datasets take a while)", flush=True)
     return _write_built(
@@ -180,7 +97,7 @@ def cmd_manifest_from_bids(args: argparse.Namespace) -> int:
 
 
 def cmd_manifest_from_table(args: argparse.Namespace) -> int:
-    from pipeline.tables import DEFAULT_TABLE_COVARIATES, parse_covariates, table_manifest
+    from pipeline.data.tables import DEFAULT_TABLE_COVARIATES, parse_covariates, table_manifest
 
     return _write_built(
         lambda: table_manifest(
@@ -296,8 +213,3 @@ def _add_manifest_builders(msub) -> None:
         "noted; '' carries none)",
     )
     t.set_defaults(func=cmd_manifest_from_table)
-
-
-def register(sub) -> None:
-    _add_synth(sub)
-    _add_manifest(sub)

@@ -15,10 +15,10 @@ from monai.data.utils import SUPPORTED_PICKLE_MOD, pickle_hashing
 from monai.utils import convert_to_tensor, look_up_option
 
 from pipeline import CLASS_NAMES
-from pipeline.engine.keys import check_bundle_keys
+from pipeline.data.manifest import check_class_names, load_manifest, read_manifest, validate_manifest
+from pipeline.data.timing import TRError, resolve_tr
+from pipeline.errors import ManifestError
 from pipeline.io import atomic_path
-from pipeline.manifest import ManifestError, load_manifest, read_manifest, validate_manifest
-from pipeline.transforms.fmri import TRError, resolve_tr
 
 logger = logging.getLogger(__name__)
 
@@ -37,7 +37,7 @@ def manifest_datalist(
     """MONAI data list of the manifest rows in ``splits`` (``None``: every row).
 
     Each item has the modality keys (``image`` for the T1, ``series`` for the BOLD run, or as ``keys`` says), ``tr``
-    (seconds, resolved by :func:`~pipeline.transforms.fmri.resolve_tr`), ``confounds`` (the run's confounds TSV or
+    (seconds, resolved by :func:`~pipeline.data.timing.resolve_tr`), ``confounds`` (the run's confounds TSV or
     ``""``, when the manifest has that column), ``label`` (class index, when ``labelled``), ``subject_id`` and
     ``session_id``.
 
@@ -60,7 +60,7 @@ def manifest_datalist(
         BundleKeyError: ``class_names`` that are not two or three distinct names of CN, MCI, AD.
     """
     keys = {**DEFAULT_KEYS, **(keys or {})}
-    check_bundle_keys(class_names=class_names)
+    check_class_names(class_names)
     class_names = list(class_names)
     frame = read_rows(manifest, labelled, require=modalities if missing == "error" else ())
     where = frame.attrs["path"]
@@ -90,13 +90,13 @@ def manifest_datalist(
 
 
 def read_rows(manifest: str | Path, labelled: bool = True, **checks) -> pd.DataFrame:
-    """A manifest read and validated for a workflow (:func:`pipeline.manifest.load_manifest`); one that needs no
+    """A manifest read and validated for a workflow (:func:`pipeline.data.manifest.load_manifest`); one that needs no
     labels (inference) ignores the ``diagnosis`` column, so a diagnosis it would not use cannot refuse the batch.
 
     Args:
         manifest: manifest CSV.
         labelled: the workflow needs diagnoses (every row must have a known one).
-        checks: further keyword arguments of :func:`~pipeline.manifest.validate_manifest`.
+        checks: further keyword arguments of :func:`~pipeline.data.manifest.validate_manifest`.
 
     Raises:
         ManifestError: every problem found.

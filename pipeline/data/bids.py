@@ -17,9 +17,9 @@ from pathlib import Path
 import pandas as pd
 from bids import BIDSLayout
 
-from pipeline.images import read_sidecar
-from pipeline.manifest import read_delimited
-from pipeline.tables import (
+from pipeline.data.images import read_sidecar
+from pipeline.data.manifest import read_delimited
+from pipeline.data.tables import (
     NIFTI_SUFFIXES,
     RAW_LABEL,
     ManifestBuild,
@@ -60,11 +60,11 @@ def bids_manifest(
         task: BOLD task label.
         pick: ``first``, ``last`` or ``all`` when a session has several T1w or BOLD files (runs, acquisitions,
             echoes): files ordered by name with numbers compared as numbers (``run-2`` before ``run-10``);
-            ``all`` writes one row per T1w × BOLD pair (see :func:`pipeline.tables.combinations`).
+            ``all`` writes one row per T1w × BOLD pair (see :func:`pipeline.data.tables.combinations`).
         session: ``all`` sessions, the ``first`` session with images (labels in natural order: ``M06`` before
             ``M12``), or one session label (``M00`` or ``ses-M00``).
         diagnosis_column: column of ``sessions.tsv`` / ``participants.tsv``; None for unlabelled data.
-        label_map: a spec of :func:`pipeline.tables.parse_label_map` (None: the ADNI-style defaults).
+        label_map: a spec of :func:`pipeline.data.tables.parse_label_map` (None: the ADNI-style defaults).
         drop_unmapped: leave out subjects whose diagnosis the map lacks (listed in the notes) instead of failing.
         derivatives: BIDS-derivatives folders whose preprocessed images are preferred, session by session.
         space: ``space`` entity of the preprocessed images (None: :data:`DEFAULT_SPACE`).
@@ -72,7 +72,7 @@ def bids_manifest(
 
     Raises:
         ValueError: not a folder, no images, no diagnosis column, or an unknown session.
-        UnmappedLabelsError: see :func:`pipeline.tables.finish_build`.
+        UnmappedLabelsError: see :func:`pipeline.data.tables.finish_build`.
     """
     label_map = parse_label_map(label_map)  # fail fast on a bad map
     covariates = dict(DEFAULT_COVARIATES if covariates is None else covariates)
@@ -111,8 +111,8 @@ def _layout(bids_dir: str | Path, derivatives: Sequence[str | Path]) -> BIDSLayo
 
 
 def _check_sidecars(folder: Path) -> None:
-    """Raise :class:`~pipeline.images.SidecarError` for the first JSON file of a dataset that cannot be read (hidden
-    folders such as ``.git`` and ``.datalad`` left out)."""
+    """Raise :class:`~pipeline.data.images.SidecarError` for the first JSON file of a dataset that cannot be read
+    (hidden folders such as ``.git`` and ``.datalad`` left out)."""
     for path in sorted(folder.rglob("*.json")):
         if not any(part.startswith(".") for part in path.relative_to(folder).parts):
             read_sidecar(path)
@@ -316,7 +316,7 @@ class _Clinical:
 
 def _read_tsv(path: str, index: str, prefix: str) -> pd.DataFrame:
     """A BIDS TSV as strings indexed by ``index`` (values given the BIDS prefix when they lack it); read as
-    :func:`pipeline.manifest.read_delimited` reads tables (BOM, CRLF, blank lines; decimal points in ``age``)."""
+    :func:`pipeline.data.manifest.read_delimited` reads tables (BOM, CRLF, blank lines; decimal points in ``age``)."""
     frame = read_delimited(path, ("age",), what="BIDS table")
     if index not in frame.columns:
         raise ValueError(f"{path}: no {index} column (has: {', '.join(frame.columns)})")

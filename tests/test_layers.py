@@ -1,0 +1,57 @@
+"""The package's layers (README, Layout): a module imports only from its own layer and the layers below it."""
+
+from __future__ import annotations
+
+import ast
+from pathlib import Path
+
+from tests.conftest import REPO
+
+#: bottom layer first, as the README lists them; the root modules (``pipeline``, ``io``, ``errors``) share layer 0
+LAYERS = ("", "networks", "data", "transforms", "synth", "engine", "inference", "study", "bench", "commands", "cli")
+ROOT_MODULES = {"pipeline", "io", "errors"}
+
+
+def _layer(module: str) -> str:
+    """The layer of a dotted module name inside ``pipeline``."""
+    parts = module.split(".")
+    return "" if len(parts) == 1 or parts[1] in ROOT_MODULES else parts[1]
+
+
+def _imported(path: Path, module: str) -> list[str]:
+    """The ``pipeline`` modules ``path`` imports, lazy imports in functions included."""
+    package = module if path.name == "__init__.py" else module.rsplit(".", 1)[0]
+    names = []
+    for node in ast.walk(ast.parse(path.read_text())):
+        if isinstance(node, ast.ImportFrom):
+            base = package.split(".")[: len(package.split(".")) - node.level + 1] if node.level else []
+            names.append(".".join([*base, node.module] if node.module else base))
+        elif isinstance(node, ast.Import):
+            names += [alias.name for alias in node.names]
+    return [name for name in names if name == "pipeline" or name.startswith("pipeline.")]
+
+
+def arrows() -> set[tuple[str, str, str]]:
+    """Every (importing module, its layer, imported layer) between two different layers."""
+    found = set()
+    for path in sorted((REPO / "pipeline").rglob("*.py")):
+        parts = path.relative_to(REPO).with_suffix("").parts
+        module = ".".join(parts[:-1] if parts[-1] == "__init__" else parts)
+        for name in _imported(path, module):
+            if _layer(name) != _layer(module):
+                found.add((module, _layer(module), _layer(name)))
+    return found
+
+
+def test_every_package_has_a_layer():
+    packages = {p.name for p in (REPO / "pipeline").iterdir() if p.is_dir() and any(p.glob("*.py"))}
+    assert packages | {"cli"} == set(LAYERS) - {""}
+
+
+def test_no_module_imports_a_layer_above_its_own():
+    upward = sorted(f"{m} ({a}) imports {b}" for m, a, b in arrows() if LAYERS.index(b) > LAYERS.index(a))
+    assert not upward, "\n".join(upward)
+
+
+def test_the_check_sees_lazy_imports():
+    assert ("pipeline.engine.keys", "engine", "networks") in arrows()
