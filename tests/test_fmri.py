@@ -14,6 +14,7 @@ import pandas as pd
 import pytest
 import torch
 from monai.bundle import ConfigParser
+from monai.data import MetaTensor, set_track_meta
 from monai.transforms import LoadImage
 from nilearn.maskers import NiftiLabelsMasker
 from nilearn.signal import clean
@@ -25,6 +26,7 @@ from pipeline.data.timing import TRError, resolve_tr
 from pipeline.networks import FMRIClassifier, FusionClassifier
 from pipeline.transforms import (
     RandDrift,
+    RandROIDropout,
     ROISignals,
     SlidingWindowCorrelation,
     TemporalClean,
@@ -333,6 +335,28 @@ def test_drift_adds_one_slow_sinusoid_to_every_series():
 def test_unknown_augmentation_setting_is_refused():
     with pytest.raises(KeyError, match="fMRI augmentation 'drift': unknown setting"):
         fmri_steps("series", train=True, augment=True, augmentation={"drift": {"amplitude": 1}})
+
+
+@pytest.mark.parametrize("fraction", [1.0, -0.1, 1.5])
+def test_a_roi_dropout_fraction_outside_zero_to_one_is_refused(fraction):
+    with pytest.raises(ValueError, match=r"RandROIDropout: fraction must be in \[0, 1\), got"):
+        RandROIDropout(prob=1.0, fraction=fraction)
+
+
+def test_an_augmentation_probability_above_one_is_refused_not_clamped():
+    with pytest.raises(ValueError, match=r"RandROIDropout: prob must be in \[0, 1\], got 1.5"):
+        fmri_steps("series", train=True, augment=True, augmentation={"roi_dropout": {"prob": 1.5}})
+
+
+def test_cleaned_series_carry_their_metadata_only_while_monai_tracks_it():
+    signals = ROISignals("AAL")(load(str(FUNCTIONAL)))
+    cleaned = TemporalClean()(signals)
+    assert isinstance(cleaned, MetaTensor) and cleaned.meta["roi_names"] == signals.meta["roi_names"]
+    set_track_meta(False)
+    try:
+        assert type(TemporalClean()(signals)) is torch.Tensor
+    finally:
+        set_track_meta(True)
 
 
 # --- sequence modes --------------------------------------------------------------------------------------

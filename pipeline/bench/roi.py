@@ -63,7 +63,7 @@ def _compare(path: Path, atlas_name: str, repeats: int) -> None:
 
     from pipeline.data.atlas import load_atlas
     from pipeline.transforms import ROISignals
-    from pipeline.transforms.fmri import _labels_on_grid
+    from pipeline.transforms.roi import labels_on_grid
 
     run = LoadImage(image_only=True, dtype=np.float32)(str(path))
     image = nib.Nifti1Image(run.numpy(), nib.load(str(path)).affine)
@@ -73,7 +73,7 @@ def _compare(path: Path, atlas_name: str, repeats: int) -> None:
     def masker() -> np.ndarray:
         return NiftiLabelsMasker(atlas.image, strategy="mean", resampling_target="data").fit_transform(image)
 
-    _labels_on_grid.cache_clear()
+    labels_on_grid.cache_clear()
     started = time.perf_counter()
     ours = signals(run).numpy()
     cold = time.perf_counter() - started

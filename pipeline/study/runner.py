@@ -181,7 +181,7 @@ def git_state() -> dict:
     }
 
 
-def _provenance(study: Study, cohort_manifest: Path, bundle_dir: Path) -> dict:
+def job_provenance(study: Study, cohort_manifest: Path, bundle_dir: Path) -> dict:
     import monai
     import torch
 
@@ -248,7 +248,7 @@ def _train_and_test(study: Study, job: Job, out: Path, job_dir: Path) -> dict:
     row.update(_metrics_of(predictions))
     row.update(transfer.job_record(study, job.cohort, job.transfer))
     row.update(train_seconds=round(trained - started, 2), eval_seconds=round(time.perf_counter() - trained, 2))
-    row.update(_provenance(study, cohort.manifest, bundle_dir))
+    row.update(job_provenance(study, cohort.manifest, bundle_dir))
     atomic_write_json(job_dir / "done.json", row)
     return row
 

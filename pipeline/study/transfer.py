@@ -299,7 +299,7 @@ def run_pretraining(
 
 def _pretrain(study: Study, out: Path, plan: TransferPlan, job: PretrainJob, work: Path) -> dict:
     """Train ``job`` in ``work``: its manifest, ``ckpt/model.pt``, ``eval/``, ``log.txt``, then ``done.json``."""
-    from pipeline.study.runner import _provenance, cohort_overrides
+    from pipeline.study.runner import cohort_overrides, job_provenance
 
     source = next(c for c in study.cohorts if c.name == job.source)
     manifest = plan.manifests[job]
@@ -322,7 +322,7 @@ def _pretrain(study: Study, out: Path, plan: TransferPlan, job: PretrainJob, wor
     record = {"source": job.source, "model": job.model, "excluded_subjects": plan.excluded.get(job, [])}
     record.update({f"n_{s}": manifest.loc[manifest["split"] == s, "subject_id"].nunique() for s in ("train", "val")})
     record.update(seed=study.seed, train_seconds=round(time.perf_counter() - started, 2))
-    record.update(_provenance(study, source.manifest, study.bundle_dir(job.model)))
+    record.update(job_provenance(study, source.manifest, study.bundle_dir(job.model)))
     atomic_write_json(work / "done.json", record)
     return record
 

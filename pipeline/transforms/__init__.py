@@ -1,4 +1,12 @@
-"""MONAI transform chains for structural MRI and resting-state fMRI."""
+"""MONAI transform chains for structural MRI and resting-state fMRI.
+
+One module per concern: the chains (:mod:`~pipeline.transforms.mri`, :mod:`~pipeline.transforms.fmri`), their
+steps (:mod:`~pipeline.transforms.registration`, :mod:`~pipeline.transforms.fmri_registration`,
+:mod:`~pipeline.transforms.roi`, :mod:`~pipeline.transforms.temporal`, :mod:`~pipeline.transforms.dfc`,
+:mod:`~pipeline.transforms.fmri_augment`) and the input checks (:mod:`~pipeline.transforms.checks`). As in MONAI's
+``monai/transforms/*/array.py`` and ``dictionary.py``, an array transform does the math and its ``...d`` dictionary
+twin applies it to data keys; here each twin lives in the module of its array transform, right after it.
+"""
 
 from __future__ import annotations
 
@@ -8,31 +16,29 @@ import torch
 from monai.transforms import Compose, EnsureTyped
 
 from pipeline.transforms.checks import CheckImageFile, CheckImageFiled, CheckImageValues, CheckImageValuesd
-from pipeline.transforms.fmri import (
-    DEFAULT_CONFOUNDS,
-    DEFAULT_FMRI_AUGMENTATION,
+from pipeline.transforms.dfc import SlidingWindowCorrelation, SlidingWindowCorrelationd
+from pipeline.transforms.fmri import DEFAULT_FMRI_AUGMENTATION, fmri_steps, fmri_transforms
+from pipeline.transforms.fmri_augment import (
     RandDrift,
     RandDriftd,
     RandROIDropout,
     RandROIDropoutd,
     RandTemporalCrop,
     RandTemporalCropd,
-    ROISignals,
-    ROISignalsd,
-    SlidingWindowCorrelation,
-    SlidingWindowCorrelationd,
+)
+from pipeline.transforms.fmri_registration import RegisterBOLD, RegisterBOLDd
+from pipeline.transforms.mri import DEFAULT_MRI_AUGMENTATION, mri_steps, mri_transforms, resample_overrides
+from pipeline.transforms.roi import ROISignals, ROISignalsd
+from pipeline.transforms.temporal import (
+    DEFAULT_CONFOUNDS,
     TemporalClean,
     TemporalCleand,
     TemporalPadOrCrop,
     TemporalPadOrCropd,
     TemporalResample,
     TemporalResampled,
-    fmri_steps,
-    fmri_transforms,
     load_confounds,
 )
-from pipeline.transforms.fmri_registration import RegisterBOLD, RegisterBOLDd
-from pipeline.transforms.mri import DEFAULT_MRI_AUGMENTATION, mri_steps, mri_transforms, resample_overrides
 
 
 def subject_transforms(
