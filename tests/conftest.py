@@ -1,4 +1,9 @@
-"""Shared fixtures: a tiny synthetic BIDS cohort (real MNI anatomy, AAL labels) written once per session."""
+"""Shared fixtures: a tiny synthetic BIDS cohort (real MNI anatomy, AAL labels) written once per session.
+
+The suite runs in parallel test processes (pytest-xdist, ``-n auto --dist loadfile``: a module's tests, and so its
+module-scoped fixtures, stay in one process). Each of them computes with one thread, as the study executor's
+workers do, so they share the cores without oversubscribing them; ``pytest -n 0`` runs everything in one process.
+"""
 
 from __future__ import annotations
 
@@ -11,6 +16,10 @@ import nibabel as nib
 import pytest
 
 REPO = Path(__file__).resolve().parents[1]
+PARALLEL = "PYTEST_XDIST_WORKER" in os.environ
+if PARALLEL:  # before torch loads; subprocesses (bundle runs, CLI) inherit it
+    for variable in ("OMP_NUM_THREADS", "MKL_NUM_THREADS", "OPENBLAS_NUM_THREADS"):
+        os.environ[variable] = "1"
 NIBABEL_DATA = Path(nib.__file__).parent / "tests" / "data"
 
 # bundle keys that make a tiny-profile cohort train in seconds
@@ -27,7 +36,10 @@ TINY_OVERRIDES = {
 def registration_cache(tmp_path_factory) -> Path:
     """One cache of T1 registrations for the session (the bundles read ``NEUROFUSION_REGISTRATION_CACHE``, and
     subprocesses inherit it): each synthetic T1 is registered to MNI152 once, however many tests train on it."""
-    folder = tmp_path_factory.mktemp("registration")
+    base = tmp_path_factory.getbasetemp()
+    # one folder for all the session's test processes (their base folders share a parent); writes are atomic
+    folder = base.parent / "registration" if PARALLEL else base / "registration"
+    folder.mkdir(exist_ok=True)
     previous = os.environ.get("NEUROFUSION_REGISTRATION_CACHE")
     os.environ["NEUROFUSION_REGISTRATION_CACHE"] = str(folder)
     yield folder
