@@ -1,4 +1,5 @@
-"""The package's layers (README, Layout): a module imports only from its own layer and the layers below it."""
+"""The package's layers (README, Layout): a module imports only from its own layer and the layers below it; the
+scripts in ``tools/`` import only the package."""
 
 from __future__ import annotations
 
@@ -18,8 +19,8 @@ def _layer(module: str) -> str:
     return "" if len(parts) == 1 or parts[1] in ROOT_MODULES else parts[1]
 
 
-def _imported(path: Path, module: str) -> list[str]:
-    """The ``pipeline`` modules ``path`` imports, lazy imports in functions included."""
+def _imported(path: Path, module: str, prefix: str = "pipeline") -> list[str]:
+    """The ``prefix`` modules ``path`` imports, lazy imports in functions included."""
     package = module if path.name == "__init__.py" else module.rsplit(".", 1)[0]
     names = []
     for node in ast.walk(ast.parse(path.read_text())):
@@ -28,7 +29,7 @@ def _imported(path: Path, module: str) -> list[str]:
             names.append(".".join([*base, node.module] if node.module else base))
         elif isinstance(node, ast.Import):
             names += [alias.name for alias in node.names]
-    return [name for name in names if name == "pipeline" or name.startswith("pipeline.")]
+    return [name for name in names if name == prefix or name.startswith(f"{prefix}.")]
 
 
 def arrows() -> set[tuple[str, str, str]]:
@@ -55,3 +56,9 @@ def test_no_module_imports_a_layer_above_its_own():
 
 def test_the_check_sees_lazy_imports():
     assert ("pipeline.engine.keys", "engine", "networks") in arrows()
+
+
+def test_tools_import_nothing_from_the_tests():
+    scripts = sorted((REPO / "tools").glob("*.py"))
+    imports = {path.name: _imported(path, f"tools.{path.stem}", "tests") for path in scripts}
+    assert scripts and not {name: found for name, found in imports.items() if found}

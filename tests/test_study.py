@@ -12,7 +12,7 @@ from pipeline.cli import main
 from pipeline.errors import ManifestError
 from pipeline.study.runner import plan_jobs, prepare_folds, shard_jobs, training_logs
 from pipeline.study.spec import StudyError, load_study
-from tests.conftest import REPO
+from tests.conftest import REPO, run_cli
 
 SMOKE = REPO / "bundles" / "experiments" / "smoke.yaml"
 METRICS = ("accuracy", "balanced_accuracy", "macro_f1", "auc_ovr")
@@ -190,3 +190,13 @@ def test_paper_study_encodes_the_papers_grid():
     large = {(j.model, j.augment) for j in jobs if j.cohort == "mri_only"}
     assert paired == {(m, a) for m in ("mri_cnn3d", "fmri_lstm", "mri_fmri_fusion") for a in (False, True)}
     assert large == {("mri_cnn3d", False), ("mri_cnn3d", True)}
+
+
+def test_missing_modality_cost_reads_every_fused_job_through_the_run_layout(study_run):
+    result = run_cli(str(REPO / "tools" / "missing_modality_cost.py"), str(study_run), "--cohort", "paired")
+    assert result.returncode == 0, result.stderr
+    fused = pd.read_csv(study_run / "results.csv").query("model == 'mri_fmri_fusion'")
+    rows = [line.split() for line in result.stdout.split("\n\n")[0].splitlines()[1:]]
+    folds = [f"repeat-{r}_fold-{f}" for r, f in zip(fused["repeat"], fused["fold"])]
+    assert sorted(row[0] for row in rows) == sorted(folds)
+    assert all(row[6].lower() != "nan" for row in rows)  # each job's 3D CNN twin was found on the same fold

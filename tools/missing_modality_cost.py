@@ -13,6 +13,7 @@ where the study ran it, is shown for comparison.
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import json
 import sys
 from pathlib import Path
@@ -25,6 +26,7 @@ import yaml
 from pipeline.data.datasets import manifest_datalist
 from pipeline.engine.metrics import classification_metrics
 from pipeline.inference import InferenceBundle
+from pipeline.study.runner import JOB_COLUMNS, Job, finished_jobs
 
 REPO = Path(__file__).resolve().parents[1]
 MODEL = "mri_fmri_fusion"
@@ -58,18 +60,18 @@ def probabilities(bundle: InferenceBundle, inputs: list[dict]) -> tuple[np.ndarr
 def measure(run: Path, cohort: str, bundle_dir: Path) -> pd.DataFrame:
     overrides = study_overrides(run, cohort)
     rows, cache = [], {}
-    jobs = sorted((run / "folds" / cohort).glob(f"repeat-*_fold-*/{MODEL}_aug-*_seed-*/done.json"))
+    jobs = [(d, row) for d, row in finished_jobs(run) if row["cohort"] == cohort and Path(row["model"]).name == MODEL]
     if not jobs:
         raise SystemExit(f"{run}: no finished {MODEL} job of cohort {cohort!r}")
-    for done in jobs:
-        job, fold_dir = done.parent, done.parent.parent
-        recorded = json.loads(done.read_text())
-        bundle = InferenceBundle(bundle_dir, job / "ckpt" / "model.pt", overrides)
+    for job_dir, recorded in jobs:
+        job = Job(**{key: recorded[key] for key in JOB_COLUMNS})
+        fold_dir = run / job.fold_dir
+        bundle = InferenceBundle(bundle_dir, job_dir / "ckpt" / "model.pt", overrides)
         if fold_dir not in cache:
             cache[fold_dir] = model_inputs(bundle, fold_dir / "manifest.csv")
         inputs, labels = cache[fold_dir]
         both, alone = probabilities(bundle, inputs)
-        cnn = fold_dir / f"mri_cnn3d_aug-{'on' if recorded['augment'] else 'off'}_seed-{recorded['seed']}"
+        cnn = run / dataclasses.replace(job, model="mri_cnn3d", transfer="none").job_dir  # from scratch, same fold
         row = {
             "fold": fold_dir.name,
             "augment": recorded["augment"],

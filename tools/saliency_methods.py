@@ -1,10 +1,10 @@
 """How well each MRI saliency method (bundle key ``saliency_method``) points at atrophy, on synthetic twins.
 
-The MRI bundle is trained on the atrophy twins of tests/test_inference_explain.py (T1 pairs that differ only by
-temporal atrophy, 6 mm, as that test trains it), then predicts the held-out atrophied twin with each method. Printed
-per method: the saliency mass in the atrophied regions over the mean and over the 90th percentile of its mass in 20
-random brain regions of the same size (the test's criterion: above 1 passes), and the time of the map on the model
-grid (the ``saliency`` stage of ``prediction.json``).
+The MRI bundle is trained on the atrophy twins of pipeline.bench.twins (T1 pairs that differ only by temporal atrophy,
+6 mm, as tests/test_inference_explain.py trains it), then predicts the held-out atrophied twin with each method.
+Printed per method: the saliency mass in the atrophied regions over the mean and over the 90th percentile of its mass
+in 20 random brain regions of the same size, in the twin's own anatomy (the test's criterion: above 1 passes), and
+the time of the map on the model grid (the ``saliency`` stage of ``prediction.json``).
 
     python tools/saliency_methods.py                 # seed 0, as the test
     python tools/saliency_methods.py --seeds 0 1 2   # one training per seed
@@ -21,12 +21,8 @@ from pathlib import Path
 import nibabel as nib
 import numpy as np
 
-REPO = Path(__file__).resolve().parents[1]
-sys.path.insert(0, str(REPO))
-
-from pipeline.inference import InferenceBundle, Predictor, Subject, explain  # noqa: E402
-from pipeline.synth import atrophy_mask  # noqa: E402
-from tests.test_inference_explain import GRID, QC_LIMITS, random_regions, train_on_twins  # noqa: E402
+from pipeline.bench.twins import GRID, QC_LIMITS, atrophy_masses, train_on_twins
+from pipeline.inference import InferenceBundle, Predictor, Subject, explain
 
 
 def measure(seed: int, work: Path) -> list[dict]:
@@ -35,17 +31,13 @@ def measure(seed: int, work: Path) -> list[dict]:
     data.mkdir()
     bundle = train_on_twins(data, work / f"bundle-{seed}", seed)
     t1 = data / "sub-00ad_T1w.nii.gz"
-    reference = nib.load(t1)
-    atrophied = atrophy_mask(reference)
-    regions = random_regions(reference, int(atrophied.sum()), 20)
     rows = []
     for method in explain.SALIENCY_METHODS:
         predictor = Predictor(InferenceBundle(bundle, None, {**GRID, **QC_LIMITS, "saliency_method": method}))
         folder = work / f"out-{seed}-{method}"
         record = predictor.predict(Subject("sub-00ad", t1), folder)
         saliency = np.asarray(nib.load(folder / "saliency.nii.gz").dataobj)
-        masses = np.array([saliency[region].sum() for region in regions])
-        mass = float(saliency[atrophied].sum())
+        mass, masses = atrophy_masses(saliency, nib.load(t1))
         rows.append(
             {
                 "seed": seed,

@@ -13,7 +13,7 @@ MRI saliency is computed on the model's grid by one of three ``monai.visualize``
 
 On 48 x 56 x 48 with 2 CPU threads (shared with another process) the map takes 0.07-0.1 s (``vanilla_grad``),
 0.06-0.24 s (``gradcam``), 0.35-0.6 s (``occlusion``). On synthetic subjects whose only disease signal is temporal
-atrophy (the twins of tests/test_inference_explain.py, the MRI bundle trained with seeds 0, 1, 2), the saliency mass in
+atrophy (the twins of :mod:`pipeline.bench.twins`, the MRI bundle trained with seeds 0, 1, 2), the saliency mass in
 the atrophied regions over the 90th percentile of its mass in 20 random brain regions of the same size (the test's
 criterion: above 1 passes) was 1.25, 1.11, 0.98 (``vanilla_grad``), 1.29, 1.17, 0.85 (``gradcam``) and 0.18, 0.00,
 0.08 (``occlusion``: a block filled with its mean erases structure, which is what atrophy does, so the drops fall

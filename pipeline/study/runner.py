@@ -257,7 +257,7 @@ def _metrics_of(predictions: pd.DataFrame) -> dict:
     return classification_metrics(*labels_and_probabilities(predictions))
 
 
-def _finished(out: Path) -> list[tuple[Path, dict]]:
+def finished_jobs(out: Path) -> list[tuple[Path, dict]]:
     """(job folder, ``done.json`` row) of every finished job (``transfer`` ``none`` in rows that predate it)."""
     rows = [(done.parent, json.loads(done.read_text())) for done in sorted(out.glob("folds/*/*/*/done.json"))]
     for _, row in rows:
@@ -269,7 +269,7 @@ def _job_tables(out: Path, name: str, **read_csv) -> pd.DataFrame:
     """``eval/<name>`` of every finished job, concatenated, with the job's columns added."""
     frames = [
         pd.read_csv(job_dir / "eval" / name, **read_csv).assign(**{k: row[k] for k in JOB_COLUMNS})
-        for job_dir, row in _finished(out)
+        for job_dir, row in finished_jobs(out)
         if (job_dir / "eval" / name).is_file()
     ]
     return pd.concat(frames, ignore_index=True) if frames else pd.DataFrame(columns=JOB_COLUMNS)
@@ -284,7 +284,7 @@ def collect(out: Path) -> tuple[pd.DataFrame, pd.DataFrame]:
     """
     from pipeline.study.baselines import model_kind
 
-    results = pd.DataFrame([row for _, row in _finished(out)])
+    results = pd.DataFrame([row for _, row in finished_jobs(out)])
     predictions = _job_tables(out, "predictions.csv", dtype={"session_id": str})
     if results.empty:
         return results, predictions
@@ -428,7 +428,7 @@ def run_study(
         if index == 0 and finished:
             baselines.run_references(study, out, references, progress)
     except Exception:
-        if fresh and not _finished(out):  # nothing of value: leave no partial run folder behind
+        if fresh and not finished_jobs(out):  # nothing of value: leave no partial run folder behind
             shutil.rmtree(out, ignore_errors=True)
         raise
     return missing_jobs(out)
