@@ -32,10 +32,13 @@ REPO = Path(__file__).resolve().parents[1]
 MODEL = "mri_fmri_fusion"
 
 
-def study_overrides(run: Path, cohort: str) -> dict:
-    """The study's bundle overrides for ``cohort`` (its ``study.yaml`` copy in the run folder)."""
+def study_overrides(run: Path, cohort: str, bundle_dir: Path) -> dict:
+    """The study's bundle overrides for ``cohort`` (its ``study.yaml`` copy in the run folder) that the bundle's
+    inference config has: training keys such as ``epochs`` are left out (the inference config refuses them)."""
     study = yaml.safe_load((run / "study.yaml").read_text())
-    return {**(study.get("overrides") or {}), **((study["cohorts"][cohort] or {}).get("overrides") or {})}
+    overrides = {**(study.get("overrides") or {}), **((study["cohorts"][cohort] or {}).get("overrides") or {})}
+    inference = yaml.safe_load((bundle_dir / "configs" / "inference.yaml").read_text())
+    return {key: value for key, value in overrides.items() if key.split("#")[0] in inference}
 
 
 def model_inputs(bundle: InferenceBundle, manifest: Path) -> tuple[list[dict], list[int]]:
@@ -58,7 +61,7 @@ def probabilities(bundle: InferenceBundle, inputs: list[dict]) -> tuple[np.ndarr
 
 
 def measure(run: Path, cohort: str, bundle_dir: Path) -> pd.DataFrame:
-    overrides = study_overrides(run, cohort)
+    overrides = study_overrides(run, cohort, bundle_dir)
     rows, cache = [], {}
     jobs = [(d, row) for d, row in finished_jobs(run) if row["cohort"] == cohort and Path(row["model"]).name == MODEL]
     if not jobs:
