@@ -15,6 +15,7 @@ BENCHMARKS = {
     "train": "pipeline.bench.train",
     "infer": "pipeline.bench.infer",
     "registration": "pipeline.bench.registration",
+    "study": "pipeline.bench.study",
 }
 
 
