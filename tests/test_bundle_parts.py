@@ -10,6 +10,7 @@ import subprocess
 import pytest
 import yaml
 
+from pipeline.engine.bundle_parts import BUNDLES
 from pipeline.engine.keys import BUNDLE_KEY_TYPES
 from tests.conftest import REPO, run_cli
 
@@ -38,7 +39,7 @@ def test_the_three_bundles_share_their_parts():
 
 
 @pytest.mark.parametrize("config", ["train", "inference"])
-@pytest.mark.parametrize("bundle", ["mri_cnn3d", "fmri_lstm", "mri_fmri_fusion"])
+@pytest.mark.parametrize("bundle", BUNDLES)
 def test_every_declared_key_a_config_defines_is_checked(bundle, config):
     text = (REPO / "bundles" / bundle / "configs" / f"{config}.yaml").read_text()
     checked = re.findall(r"(\w+)=@", re.search(r"check_bundle_keys\(([^)]*)\)", text).group(1))
