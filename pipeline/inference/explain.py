@@ -11,15 +11,14 @@ MRI saliency is computed on the model's grid by one of three ``monai.visualize``
 - ``occlusion``: the drop of the predicted class's probability when each of 3 x 3 x 3 blocks of the model grid is
   replaced by its own mean (``OcclusionSensitivity``, ``mean_patch``; 27 forward passes).
 
-On 48 x 56 x 48 with 2 CPU threads (shared with another process) the map takes 0.07-0.1 s (``vanilla_grad``),
-0.06-0.24 s (``gradcam``), 0.35-0.6 s (``occlusion``). On synthetic subjects whose only disease signal is temporal
+On 48 x 56 x 48 with 2 CPU threads (shared with other processes) the map takes 0.15-0.47 s (``vanilla_grad``),
+0.04-0.17 s (``gradcam``), 0.37-0.61 s (``occlusion``). On synthetic subjects whose only disease signal is temporal
 atrophy (the twins of :mod:`pipeline.bench.twins`, the MRI bundle trained with seeds 0, 1, 2), the saliency mass in
-the atrophied regions over the 90th percentile of its mass in 20 random brain regions of the same size (the test's
-criterion: above 1 passes) was 1.25, 1.11, 0.98 (``vanilla_grad``), 1.29, 1.17, 0.85 (``gradcam``) and 0.18, 0.00,
-0.08 (``occlusion``: a block filled with its mean erases structure, which is what atrophy does, so the drops fall
-elsewhere); ``python tools/saliency_methods.py --seeds 0 1 2`` reproduces them. ``vanilla_grad`` stays the default:
-as close to the atrophy as Grad-CAM, at the voxel's resolution, gradients of either sign kept (atrophy is grey matter
-that is missing).
+the atrophied regions over the 90th percentile of its mass in 20 random brain regions of the same size, placed in the
+twin's own anatomy (the test's criterion: above 1 passes), was 1.13, 1.15, 0.99 (``vanilla_grad``), 0.87, 0.98, 0.87
+(``gradcam``) and 1.57, 1.03, 0.75 (``occlusion``), measured at b85d1bf by
+``python tools/saliency_methods.py --seeds 0 1 2``. ``vanilla_grad`` stays the default: the closest to the atrophy
+over the seeds, at the voxel's resolution, gradients of either sign kept (atrophy is grey matter that is missing).
 
 fMRI ROI importance is occlusion over ROIs: each ROI's rows of the sequence are set to 0 (:data:`OCCLUSION_FILL`)
 and the drop of the predicted class's log-probability is recorded.
