@@ -29,10 +29,52 @@ def test_bench_mri_prints_eager_lazy_and_cache_ratios_and_cache_memory(capsys, k
 def test_bench_train_prints_throughput_flop_fraction_and_the_fastest_setting_with_the_same_results(
     capsys, keep_torch_threads
 ):
-    args = ["--steps", "2", "--repeats", "1", "--spatial-size", "16", "16", "16", "--batch-size", "2"]
+    torch.set_num_threads(1)  # one thread count: every setting, torch.compile included, runs once
+    grids = ["16x16x16@9", "12x12x12@12"]
+    args = ["--steps", "1", "--repeats", "1", "--grids", *grids, "--batch-sizes", "2", "3"]
     assert main(["bench", "train", *args]) == 0
     out = capsys.readouterr().out
-    rows = re.findall(r"^(\d threads?, \S+, (?:fp32|bf16)) +([\d.]+) +([\d.]+) +([\d.]+)% +([\d.]+)x +(\S+)", out, re.M)
-    assert len(rows) == 4 * len({1, torch.get_num_threads()})
-    assert all(float(row[1]) > 0 and 0 < float(row[3]) for row in rows)
-    assert re.search(r"^fastest with the same results \(logits within 0\.001\): \d threads?, ", out, re.M)
+    setting = r"1 thread(?:, [\w-]+(?: [\w-]+)*)*"
+    row = rf"^(cnn|fused|lstm) +(\d+x\d+x\d+@\d+) +(\d) +(\S+) +({setting}) +([\d.]+) +(\S+) +(\S+) +(\S+) +(\S+)"
+    rows = re.findall(row, out, re.M)
+    settings = {r[4] for r in rows if r[:3] == ("cnn", "16x16x16@9", "2")}
+    assert settings == {
+        "1 thread, channels-last, fp32",
+        "1 thread, contiguous, fp32",
+        "1 thread, channels-last, bf16",
+        "1 thread, channels-last, fp32, mkldnn off",
+        "1 thread, channels-last, fp32, oneDNN bf16 conv",
+        "1 thread, channels-last, fp32, compiled",
+    }
+    # the second batch size with the default setting; the second grid default and compiled; the other networks
+    assert [r[:3] for r in rows[6:]] == [("cnn", "16x16x16@9", "3")] + [("cnn", "12x12x12@12", "2")] * 2 + [
+        ("fused", "16x16x16@9", "2"),
+        ("lstm", "16x16x16@9", "2"),
+    ]
+    assert all(float(r[5]) > 0 for r in rows)
+    assert all(float(r[3]) > 0 and float(r[7].rstrip("%")) > 0 for r in rows if r[0] == "cnn")
+    flops = {r[1:3]: float(r[3]) for r in rows if r[0] == "cnn"}  # a larger grid or batch costs more FLOPs
+    assert flops["16x16x16@9", "3"] == pytest.approx(1.5 * flops["16x16x16@9", "2"], rel=0.02)
+    assert flops["12x12x12@12", "2"] < flops["16x16x16@9", "2"]
+    logits = {r[4]: float(r[9]) for r in rows[:6]}
+    assert logits["1 thread, channels-last, fp32"] == 0 and logits["1 thread, channels-last, bf16"] > 1e-4
+    assert logits["1 thread, channels-last, fp32, compiled"] < 1e-3
+    assert re.search(r"^fastest with the same results \(logits within 0\.001\) at 1 thread\(s\): 1 thread, ", out, re.M)
+    assert re.search(
+        r"^  torch\.compile at 1 thread\(s\): compiling took [\d.]+ s, (repaid after \d+|never)", out, re.M
+    )
+
+
+def test_bench_train_refuses_a_grid_it_cannot_read(capsys):
+    with pytest.raises(SystemExit):
+        main(["bench", "train", "--grids", "16x16"])
+    assert "'16x16' is neither one of bundle, paper, brain nor XxYxZ@MM" in capsys.readouterr().err
+
+
+def test_bench_train_reads_its_named_grids_from_the_bundle_the_paper_study_and_the_template():
+    from pipeline.bench.train import to_grid
+
+    assert (to_grid("bundle").size, to_grid("bundle").pixdim) == ((48, 56, 48), 3.0)
+    assert (to_grid("paper").size, to_grid("paper").pixdim) == ((36, 44, 36), 4.0)
+    brain = to_grid("brain")  # the MNI152 brain mask's box (144 x 180 x 154 mm) in 3 mm voxels, rounded up
+    assert (brain.size, brain.pixdim) == ((48, 60, 52), 3.0)
