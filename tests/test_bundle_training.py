@@ -177,3 +177,37 @@ def test_batch_norm_recalibration_leaves_frozen_layers_alone():
     BatchNormRecalibration(evaluator).attach(trainer)
     evaluator.run()
     assert torch.equal(net[0].running_mean, torch.full((2,), 7.0))
+
+
+def _cnn_workflow(tmp_path, manifest, **overrides) -> ConfigWorkflow:
+    keys = {**TINY_OVERRIDES, "manifest": str(manifest), "output_dir": str(tmp_path), "ckpt_dir": str(tmp_path)}
+    return ConfigWorkflow(
+        config_file=str(REPO / "bundles" / "mri_cnn3d" / "configs" / "train.yaml"),
+        logging_file=False,
+        workflow_type="train",
+        **{**keys, **overrides},
+    )
+
+
+def test_compile_trains_the_torch_compiled_network_and_saves_the_plain_weights(manifest, tmp_path):
+    from torch._dynamo.eval_frame import OptimizedModule
+
+    from pipeline.networks import MRIClassifier
+
+    default = _cnn_workflow(tmp_path / "default", manifest, cache_rate=0.0)
+    default.initialize()
+    assert not isinstance(default.parser.get_parsed_content("train#trainer").network, OptimizedModule)
+    flow = _cnn_workflow(tmp_path / "compiled", manifest, compile=True, epochs=1)
+    flow.initialize()
+    assert isinstance(flow.parser.get_parsed_content("train#trainer").network, OptimizedModule)
+    flow.run()
+    state = torch.load(tmp_path / "compiled" / "model.pt", weights_only=True)
+    assert set(state) == set(MRIClassifier().state_dict())  # no torch.compile prefix: evaluation loads it as is
+    assert list(pd.read_csv(tmp_path / "compiled" / "training_log.csv")["epoch"]) == [1]
+
+
+def test_compile_refuses_a_value_that_is_not_a_switch(manifest, tmp_path):
+    flow = _cnn_workflow(tmp_path, manifest, compile="inductor", cache_rate=0.0)
+    with pytest.raises(RuntimeError) as refusal:  # MONAI's error on the initialize expression, caused by the refusal
+        flow.initialize()
+    assert str(refusal.value.__cause__) == "bundle key 'compile' must be true or false, got 'inductor'"

@@ -119,7 +119,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
         help="3D CNN input grids, the first for the settings: bundle (the bundles' head box), paper (the paper "
         "study's registered brain grid), brain (the template's brain box at the bundles' spacing) or XxYxZ@MM",
     )
-    parser.add_argument("--steps", type=int, default=5, help="training steps per timed run and per result check")
+    parser.add_argument("--steps", type=int, default=4, help="training steps per timed run and per result check")
     parser.add_argument("--repeats", type=int, default=3, help="timed passes of each run; the best is reported")
     parser.add_argument(
         "--tolerance",

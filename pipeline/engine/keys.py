@@ -78,6 +78,7 @@ BUNDLE_KEY_TYPES: dict[str, tuple[Callable[[Any], bool], str]] = {
     "bn_recalibration": _SWITCH,
     "resume": _SWITCH,
     "amp": _SWITCH,
+    "compile": _SWITCH,
     "progress": _SWITCH,
     "tensorboard": _SWITCH,
     "mri_encoder_weights": (
