@@ -200,7 +200,7 @@ def bundle_fmri() -> tuple[int, int]:
     """ROIs and time points of the fMRI sequence at the bundles' defaults (atlas, ``fmri_timepoints``)."""
     from monai.bundle import ConfigParser
 
-    from pipeline.atlas import load_atlas
+    from pipeline.data.atlas import load_atlas
     from pipeline.engine import REPO_BUNDLES
 
     keys = ConfigParser.load_config_file(REPO_BUNDLES / "mri_fmri_fusion" / "configs" / "train.yaml")
