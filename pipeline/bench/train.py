@@ -316,13 +316,13 @@ def plan(args: argparse.Namespace, thread_counts: list[int], device: torch.devic
     if device.type == "cuda":  # oneDNN is the CPU's library
         settings = [s for s in settings if "mkldnn" not in s and "onednn" not in s]
     per_grid = [s for s in ("channels-last", "compile") if s in settings]
+    cnn = []
+    if "cnn" in args.what:
+        cnn = [(s, grids[0], batch) for s in settings] + [("channels-last", grids[0], b) for b in args.batch_sizes[1:]]
+        cnn += [(s, g, batch) for g in grids[1:] for s in per_grid]
     cases = []
     for threads in thread_counts:
-        per_setting = [(s, grids[0], batch) for s in settings] if "cnn" in args.what else []
-        if "cnn" in args.what:
-            per_setting += [("channels-last", grids[0], b) for b in args.batch_sizes[1:]]
-            per_setting += [(s, g, batch) for g in grids[1:] for s in per_grid]
-        cases += [Case("cnn", Setting(threads, **SETTINGS[s]), g, b) for s, g, b in per_setting]
+        cases += [Case("cnn", Setting(threads, **SETTINGS[s]), g, b) for s, g, b in cnn]
         cases += [Case(m, Setting(threads), grids[0], batch) for m in MODELS[1:] if m in args.what]
     return cases
 
