@@ -2,7 +2,7 @@
 once, and against the cohort's size.
 
 Each measured run is ``neurofusion experiment`` in a child process, so its wall time and peak resident memory (the
-largest of that process and its workers, from ``wait4``) are its own.
+largest of that process and its workers, from ``getrusage``) are its own.
 
 - ``--jobs 1 2`` (default: 1 and the cores): the same study once with each ``--jobs`` value, its threads per job the
   cores divided by it, each into a fresh run folder. The T1 registrations are computed once beforehand and copied
@@ -16,7 +16,6 @@ largest of that process and its workers, from ``wait4``) are its own.
 from __future__ import annotations
 
 import argparse
-import os
 import shutil
 import subprocess
 import sys
@@ -56,19 +55,28 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     )
 
 
+# Started by a small launcher: Linux carries a parent's peak RSS into a child it forks (exec records the old
+# address space's), so a child of this process would report at least this process's memory. The launcher's own
+# children report only theirs; it writes their peak (KiB), the largest of the command and its waited-for workers.
+LAUNCHER = (
+    "import resource, subprocess, sys\n"
+    "code = subprocess.call(sys.argv[2:])\n"
+    "open(sys.argv[1], 'w').write(str(resource.getrusage(resource.RUSAGE_CHILDREN).ru_maxrss))\n"
+    "sys.exit(code)\n"
+)
+
+
 def measure(command: list[str], log: Path) -> tuple[float, float]:
     """Run ``command``; its wall seconds and peak resident memory in GiB (the largest of it and its waited-for
     descendants). A failure is refused with the log's path."""
+    peak = log.with_suffix(".peak_kib")
     started = time.perf_counter()
     with open(log, "w") as stream:
-        process = subprocess.Popen(command, stdout=stream, stderr=subprocess.STDOUT)
-        _, status, usage = os.wait4(process.pid, 0)
-    process.returncode = os.waitstatus_to_exitcode(status)
-    if process.returncode != 0:
-        raise CommandError(f"{' '.join(command[2:5])} failed with exit code {process.returncode}: see {log}")
-    return time.perf_counter() - started, usage.ru_maxrss / 2**20  # ru_maxrss is in KiB on Linux
-
-
+        code = subprocess.call([sys.executable, "-c", LAUNCHER, str(peak), *command], stdout=stream, stderr=stream)
+    seconds = time.perf_counter() - started
+    if code != 0:
+        raise CommandError(f"{' '.join(command[2:5])} failed with exit code {code}: see {log}")
+    return seconds, int(peak.read_text()) / 2**20
 def experiment(study: Path, out: Path, cohorts: list[str], *extra: str) -> list[str]:
     command = [sys.executable, "-m", "pipeline.cli", "experiment", str(study), "--out", str(out), "--quiet"]
     return [*command, *(f"--cohort={c}" for c in cohorts), "--bootstrap", "20", *extra]
