@@ -11,6 +11,7 @@ import numpy as np
 import pandas as pd
 import pytest
 import torch
+import yaml
 from monai.transforms import LoadImage
 
 from pipeline.cli import main
@@ -234,3 +235,21 @@ def test_a_run_that_cannot_be_registered_is_refused_in_one_line(cohort, tmp_path
         fmri_transforms("series", timepoints=16, high_pass=None, low_pass=None)({"series": str(path), "tr": 2.0})
     failure = RegistrationError.within(caught.value)
     assert isinstance(failure, BOLDRegistrationError) and failure.source == str(path)
+
+
+def test_a_study_registers_each_bold_run_once_before_its_fold_jobs_and_the_chain_reads_it(cohort, tmp_path):
+    from pipeline.study.executor import Execution
+    from pipeline.study.runner import register_subjects, registration_cache
+    from pipeline.study.spec import load_study
+
+    study = tmp_path / "study.yaml"
+    cohorts = {"paired": {"manifest": str(cohort / "manifest.csv")}}
+    study.write_text(yaml.safe_dump({"name": "bold", "cohorts": cohorts, "models": ["fmri_lstm"], "cv": {"folds": 2}}))
+    register_subjects(load_study(study), tmp_path / "run", Execution(jobs=1), progress=False)
+    cache = registration_cache(tmp_path / "run")
+    entries = sorted(cache.glob("*.npz"))
+    assert len(entries) == 2  # the two BOLD runs; the LSTM reads no T1
+    chain = fmri_transforms("series", timepoints=64, registration_options={"cache_dir": cache})
+    for index in (0, 1):
+        chain({"series": str(run_of(cohort, index)[0]), "tr": 3.0})
+    assert sorted(cache.glob("*.npz")) == entries  # the fold jobs' chain found each run's registration

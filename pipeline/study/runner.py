@@ -320,39 +320,51 @@ def registration_cache(out: Path) -> Path:
     return Path(out) / "cache" / "registration"
 
 
-def registration_settings(study: Study, cohort, model: str) -> dict | None:
-    """The registration settings a job of ``model`` on ``cohort`` uses (its bundle's keys under the study's and
-    cohort's overrides), or None when the model reads no T1 or does not register it."""
+def registration_settings(study: Study, cohort, model: str) -> dict[str, dict]:
+    """Manifest column -> the registration settings a job of ``model`` on ``cohort`` uses for it (its bundle's keys
+    under the study's and cohort's overrides): ``mri`` when it registers the T1s, ``fmri`` the BOLD runs."""
     from monai.bundle import ConfigParser
 
     bundle_dir = study.bundle_dir(model)
-    if "MR" not in bundle_modalities(bundle_dir).split("+"):
-        return None
+    modalities = bundle_modalities(bundle_dir).split("+")
     parser = ConfigParser()
     parser.read_config(str(bundle_dir / "configs" / "train.yaml"))
     parser.update({**study.overrides, **cohort.overrides})
-    if "mri_registration" not in parser or parser.get_parsed_content("mri_registration") != "affine":
-        return None
-    return {"level_mm": float(parser.get_parsed_content("mri_registration_mm"))}
+
+    def key(name: str):
+        return parser.get_parsed_content(name) if name in parser else None
+
+    found = {}
+    if "MR" in modalities and key("mri_registration") == "affine":
+        found["mri"] = {"level_mm": float(key("mri_registration_mm"))}
+    if "fMRI" in modalities and key("fmri_registration") not in (None, "none") and key("fmri_sequence") != "volume":
+        found["fmri"] = {"mode": key("fmri_registration")}
+    return found
 
 
 def register_subjects(study: Study, out: Path, execution: Execution, progress: bool = True) -> None:
-    """Register every T1 the study's models read into :func:`registration_cache` through ``execution`` (one job a
-    T1 in local worker processes; ``execution.at_once`` submitted jobs of ``execution.threads`` processes each),
-    before the fold jobs run (they then read each registration from the cache)."""
-    from pipeline.transforms.registration import register_files
+    """Register every T1 and BOLD run the study's models register into :func:`registration_cache` through
+    ``execution`` (one job a file in local worker processes; ``execution.at_once`` submitted jobs of
+    ``execution.threads`` processes each), before the fold jobs run: they then read each registration from the cache,
+    instead of parallel jobs registering the same runs at once."""
+    from pipeline.transforms import fmri_registration, registration
 
     todo: dict[tuple, list[str]] = {}
     for cohort in study.cohorts:
-        paths = [p for p in load_manifest(cohort.manifest).get("mri", []) if p]
+        table = load_manifest(cohort.manifest)
         pretrained = [t.model for t in study.transfer if t.source == cohort.name]
         for model in dict.fromkeys([*cohort.models, *pretrained]):
-            settings = registration_settings(study, cohort, model)
-            if settings is not None:
-                todo.setdefault(tuple(sorted(settings.items())), []).extend(paths)
-    for settings, paths in todo.items():
+            for column, settings in registration_settings(study, cohort, model).items():
+                paths = [p for p in table.get(column, []) if p]
+                todo.setdefault((column, *sorted(settings.items())), []).extend(paths)
+    registers = {  # manifest column -> what registers its files, what the progress bar calls one
+        "mri": (registration.register_files, "T1"),
+        "fmri": (fmri_registration.register_bold_files, "BOLD run"),
+    }
+    for (column, *settings), paths in todo.items():
+        register, what = registers[column]
         paths = list(dict.fromkeys(paths))
-        work = functools.partial(register_files, settings=dict(settings), cache_dir=registration_cache(out))
+        work = functools.partial(register, settings=dict(settings), cache_dir=registration_cache(out))
         chunks = [[path] for path in paths]
         if execution.submitted:
             work = functools.partial(work, workers=execution.threads)
@@ -361,8 +373,8 @@ def register_subjects(study: Study, out: Path, execution: Execution, progress: b
             work,
             chunks,
             execution,
-            desc="registering T1s to MNI152",
-            unit="T1" if not execution.submitted else "job",
+            desc=f"registering {what}s to MNI152",
+            unit=what if not execution.submitted else "job",
             progress=progress,
             log_dir=job_logs(out, execution) / "registration",
             wait=True,  # the fold jobs read the cache

@@ -34,8 +34,9 @@ registers nothing (the run's own affine is used as it is, as before registration
 
 from __future__ import annotations
 
+import functools
 import re
-from collections.abc import Hashable, Mapping
+from collections.abc import Hashable, Mapping, Sequence
 from pathlib import Path
 from typing import TYPE_CHECKING
 
@@ -43,7 +44,7 @@ import numpy as np
 import torch
 from monai.config import KeysCollection
 from monai.data import MetaTensor
-from monai.transforms import MapTransform, Transform
+from monai.transforms import LoadImage, MapTransform, Transform
 
 from pipeline.transforms.registration import (
     SIMILARITY,
@@ -54,6 +55,8 @@ from pipeline.transforms.registration import (
     Template,
     cached,
     check_settings,
+    for_each_file,
+    in_advance,
     mni_template,
     register_affine,
     to_ants,
@@ -239,6 +242,25 @@ class RegisterBOLDd(MapTransform):
         return out
 
 
+def _register_bold_file(path: str, mode: str, cache_dir: str) -> None:
+    register = RegisterBOLD(mode=mode, cache_dir=cache_dir)
+    if register.skips(path):
+        return
+    run = LoadImage(image_only=True, dtype=np.float32)(path)  # as the fMRI chain loads it: the same cache key
+    if run.ndim == 4:
+        register.registration(mean_epi(run), np.asarray(run.affine, dtype=np.float64))
+
+
+def register_bold_files(
+    paths: Sequence[str], settings: Mapping, cache_dir: str | Path, workers: int = 1, progress=None
+) -> None:
+    """Fill the registration cache for BOLD ``paths`` as :class:`RegisterBOLD` will read them, ``workers``
+    processes at once (``settings``: its ``mode``; runs it skips are left alone, failures for the chain to report).
+    """
+    work = functools.partial(in_advance, _register_bold_file, mode=settings["mode"], cache_dir=str(cache_dir))
+    for_each_file(work, paths, workers, progress)
+
+
 __all__ = [
     "DEFAULT_MIN_SIMILARITY",
     "FMRI_REGISTRATION_MODES",
@@ -250,4 +272,5 @@ __all__ = [
     "in_mni_space",
     "mean_epi",
     "register_bold",
+    "register_bold_files",
 ]

@@ -458,22 +458,31 @@ def register_files(paths: Sequence[str], settings: Mapping, cache_dir: str | Pat
         progress: optional callable invoked once per finished scan.
     """
     settings = {k: settings[k] for k in ("level_mm", "bias_correction", "seed") if k in settings}
+    work = functools.partial(in_advance, _register_file, settings=settings, cache_dir=str(cache_dir))
+    for_each_file(work, paths, workers, progress)
+
+
+def for_each_file(work, paths: Sequence[str], workers: int = 1, progress=None) -> None:
+    """``work(path)`` for every path, ``workers`` spawned processes at once (``work`` must be picklable);
+    ``progress()`` after each."""
     if workers <= 1:
         for path in paths:
-            _safe_register(path, settings, str(cache_dir))
+            work(path)
             if progress:
                 progress()
         return
     with ProcessPoolExecutor(max_workers=workers, mp_context=multiprocessing.get_context("spawn")) as pool:
-        for _ in pool.map(_safe_register, paths, [settings] * len(paths), [str(cache_dir)] * len(paths)):
+        for _ in pool.map(work, paths):
             if progress:
                 progress()
 
 
-def _safe_register(path: str, settings: Mapping, cache_dir: str) -> None:
+def in_advance(register, path: str, **kwargs) -> None:
+    """``register(path, **kwargs)`` ahead of the chain: a file that fails is left for the chain to report, with
+    its row, when it reads it."""
     try:
-        _register_file(path, settings, cache_dir)
-    except Exception as err:  # reported where the chain reads the scan, with its row
+        register(path, **kwargs)
+    except Exception as err:
         logger.debug("%s: not registered in advance: %s", path, err)
 
 
@@ -489,6 +498,8 @@ __all__ = [
     "brain_on_grid",
     "cached",
     "check_settings",
+    "for_each_file",
+    "in_advance",
     "mni_template",
     "register_files",
     "register_affine",
