@@ -1,4 +1,5 @@
-# Two entry points: `make demo` (synthetic cohort -> paper study -> report) and `make test`.
+# Two entry points: `make demo` (synthetic cohort -> paper study -> report) and `make test` (`make test-fast`: without
+# the slow tests).
 # Both create .venv when missing. PyTorch is installed first, pinned so pip takes the CPU wheel
 # rather than a multi-GB CUDA build; override with e.g. `make demo TORCH=torch==2.5.1`.
 PYTHON ?= python3
@@ -7,7 +8,7 @@ VENV := .venv
 BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed
 
-.PHONY: demo test lint setup clean
+.PHONY: demo test test-fast lint setup clean
 
 $(STAMP): pyproject.toml
 	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
@@ -24,6 +25,11 @@ demo: $(STAMP)
 test: $(STAMP)
 	$(BIN)/ruff check .
 	$(BIN)/python -m pytest
+
+# the edit loop: every test but the modules marked slow (they train bundles); CI runs `make test`
+test-fast: $(STAMP)
+	$(BIN)/ruff check .
+	$(BIN)/python -m pytest -m "not slow"
 
 lint: $(STAMP)
 	$(BIN)/ruff check .

@@ -10,8 +10,8 @@ import pytest
 
 from pipeline.cli import main
 from tests.conftest import REPO
+from tests.inference.test_predict import listing
 from tests.test_bad_inputs import RELAXED_QC, refused, untrained  # noqa: F401 (fixture)
-from tests.test_predict import listing
 
 
 def predict_mri(untrained, out, *args: str) -> list[str]:  # noqa: F811

@@ -1,10 +1,10 @@
 """How well each MRI saliency method (bundle key ``saliency_method``) points at atrophy, on synthetic twins.
 
 The MRI bundle is trained on the atrophy twins of pipeline.bench.twins (T1 pairs that differ only by temporal atrophy,
-6 mm, as tests/test_inference_explain.py trains it), then predicts the held-out atrophied twin with each method.
-Printed per method: the saliency mass in the atrophied regions over the mean and over the 90th percentile of its mass
-in 20 random brain regions of the same size, in the twin's own anatomy (the test's criterion: above 1 passes), and
-the time of the map on the model grid (the ``saliency`` stage of ``prediction.json``).
+6 mm, as tests/inference/test_inference_explain.py trains it), then predicts the held-out atrophied twin with each
+method. Printed per method: the saliency mass in the atrophied regions over the mean and over the 90th percentile of
+its mass in 20 random brain regions of the same size, in the twin's own anatomy (the test's criterion: above 1
+passes), and the time of the map on the model grid (the ``saliency`` stage of ``prediction.json``).
 
     python tools/saliency_methods.py                 # seed 0, as the test
     python tools/saliency_methods.py --seeds 0 1 2   # one training per seed

@@ -1,7 +1,7 @@
 """Atrophy twins: synthetic T1 pairs that differ only by temporal atrophy, the MRI bundle trained on them, and
 where its saliency falls (the atrophied regions against random brain regions of the same size).
 
-The explanation tests (``tests/test_inference_explain.py``) and ``tools/saliency_methods.py`` share them.
+The explanation tests (``tests/inference/test_inference_explain.py``) and ``tools/saliency_methods.py`` share them.
 """
 
 from __future__ import annotations

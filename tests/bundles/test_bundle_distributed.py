@@ -15,6 +15,8 @@ from pipeline.engine.metrics import ClassificationMetric, classification_metrics
 from pipeline.inference.export import load_network
 from tests.conftest import REPO, TINY_OVERRIDES, cli_overrides, run_cli
 
+pytestmark = pytest.mark.slow  # trains bundles: left out by `make test-fast`
+
 BUNDLE = REPO / "bundles" / "mri_fmri_fusion"
 
 

@@ -21,6 +21,8 @@ from pipeline.cli import main
 from pipeline.study.executor import Execution, available_cores
 from tests.conftest import REPO
 
+pytestmark = pytest.mark.slow  # trains bundles: left out by `make test-fast`
+
 SMOKE = REPO / "bundles" / "experiments" / "smoke.yaml"
 KEYS = ["cohort", "model", "augment", "repeat", "fold", "seed"]
 METRICS = ["accuracy", "balanced_accuracy", "macro_f1", "auc_ovr"]

@@ -21,6 +21,8 @@ from pipeline.study import report, runner, transfer
 from pipeline.study.spec import StudyError, load_study
 from tests.conftest import REPO, TINY_OVERRIDES, cli_overrides, run_cli
 
+pytestmark = pytest.mark.slow  # trains bundles: left out by `make test-fast`
+
 # T1s taken as they are: the mechanics of transfer do not need the registration, and a study registers anew
 STUDY_OVERRIDES = {**TINY_OVERRIDES, "mri_registration": "none"}
 

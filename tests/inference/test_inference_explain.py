@@ -15,6 +15,8 @@ from pipeline.cli import main
 from pipeline.data.atlas import load_atlas
 from pipeline.inference import InferenceBundle, Predictor, Subject, explain
 
+pytestmark = pytest.mark.slow  # trains bundles: left out by `make test-fast`
+
 QC = [f"--set=qc#mri#voxel_mm={QC_LIMITS['qc#mri#voxel_mm']}".replace(" ", "")]
 
 

@@ -10,6 +10,8 @@ from pipeline.study.spec import StudyError
 from pipeline.study.variants import load_variants, variant_study
 from tests.conftest import TINY_OVERRIDES, run_cli
 
+pytestmark = pytest.mark.slow  # trains bundles: left out by `make test-fast`
+
 
 def _write(folder, variants: dict, reference: str = "short", manifest: str = "manifest.csv") -> str:
     study = {

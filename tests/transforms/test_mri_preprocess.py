@@ -1,5 +1,5 @@
 """``neurofusion preprocess``: the written volume is what the model sees; without registration it overlays on the
-input in a viewer (the registered path: tests/test_registration.py)."""
+input in a viewer (the registered path: tests/transforms/test_registration.py)."""
 
 from __future__ import annotations
 

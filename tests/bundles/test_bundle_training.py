@@ -14,6 +14,8 @@ from pipeline.engine import BatchNormRecalibration, class_weights
 from pipeline.engine.metrics import METRICS
 from tests.conftest import REPO, TINY_OVERRIDES, cli_overrides, run_cli
 
+pytestmark = pytest.mark.slow  # trains bundles: left out by `make test-fast`
+
 CONFIGS = REPO / "bundles" / "fmri_lstm" / "configs"
 
 

@@ -27,6 +27,8 @@ from pipeline.inference.predict import EMPTY_SALIENCY, folder_sha256
 from pipeline.inference.report import RESEARCH_ONLY
 from tests.conftest import REPO, TINY_OVERRIDES
 
+pytestmark = pytest.mark.slow  # trains bundles: left out by `make test-fast`
+
 BUNDLES = ["mri_cnn3d", "fmri_lstm", "mri_fmri_fusion"]
 MODALITIES = {"mri_cnn3d": ["mri"], "fmri_lstm": ["fmri"], "mri_fmri_fusion": ["mri", "fmri"]}
 #: the grid the bundles were trained on, given to predict as to `monai.bundle run`
@@ -153,7 +155,7 @@ def test_prediction_records_how_the_t1_was_registered_and_its_similarity_is_a_qc
 
 
 def test_a_t1_that_does_not_register_is_refused_by_qc_in_one_line_naming_it(trained_bundles, tmp_path, capsys):
-    from tests.test_registration import ellipsoid_phantom
+    from tests.transforms.test_registration import ellipsoid_phantom
 
     phantom = ellipsoid_phantom(tmp_path)
     out = tmp_path / "out"

@@ -14,6 +14,8 @@ from pipeline.study.runner import plan_jobs, prepare_folds, shard_jobs, training
 from pipeline.study.spec import StudyError, load_study
 from tests.conftest import REPO, run_cli
 
+pytestmark = pytest.mark.slow  # trains bundles: left out by `make test-fast`
+
 SMOKE = REPO / "bundles" / "experiments" / "smoke.yaml"
 METRICS = ("accuracy", "balanced_accuracy", "macro_f1", "auc_ovr")
 

@@ -21,6 +21,8 @@ from pipeline.study.stats import is_collapsed
 from pipeline.transforms import fmri_steps, mri_steps
 from tests.conftest import TINY_OVERRIDES
 
+pytestmark = pytest.mark.slow  # trains bundles: left out by `make test-fast`
+
 CV = {"folds": 2, "repeats": 1, "seed": 0, "val_fraction": 0.34}
 
 

@@ -9,6 +9,8 @@ import torch
 from pipeline.engine.metrics import METRICS
 from tests.conftest import REPO, TINY_OVERRIDES, cli_overrides, run_cli
 
+pytestmark = pytest.mark.slow  # trains bundles: left out by `make test-fast`
+
 BUNDLES = ["mri_cnn3d", "fmri_lstm", "mri_fmri_fusion"]
 
 

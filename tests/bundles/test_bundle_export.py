@@ -14,6 +14,8 @@ from pipeline.engine.workflow import run_bundle
 from pipeline.inference.export import ExportMismatch, check_onnx, example_inputs, load_network
 from tests.conftest import REPO, TINY_OVERRIDES, run_cli
 
+pytestmark = pytest.mark.slow  # trains bundles: left out by `make test-fast`
+
 onnxruntime = pytest.importorskip("onnxruntime", reason="ONNX checks need the optional extra neurofusion[export]")
 
 BUNDLES = ["mri_cnn3d", "fmri_lstm", "mri_fmri_fusion"]

@@ -27,6 +27,8 @@ from pipeline.engine.workflow import run_bundle
 from pipeline.errors import BundleKeyError
 from tests.conftest import REPO, TINY_OVERRIDES, cli_overrides, run_cli
 
+pytestmark = pytest.mark.slow  # trains bundles: left out by `make test-fast`
+
 BUNDLES = ["mri_cnn3d", "fmri_lstm", "mri_fmri_fusion"]
 #: keys the chain or network reads that do not change what a trained network sees (QC limits, caches, training-only)
 NOT_INPUTS = {
