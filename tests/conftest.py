@@ -1,8 +1,10 @@
 """Shared fixtures: a tiny synthetic BIDS cohort (real MNI anatomy, AAL labels) written once per session.
 
 The suite runs in parallel test processes (pytest-xdist, ``-n auto --dist loadfile``: a module's tests, and so its
-module-scoped fixtures, stay in one process). Each of them computes with one thread, as the study executor's
-workers do, so they share the cores without oversubscribing them; ``pytest -n 0`` runs everything in one process.
+module-scoped fixtures, stay in one process). Each of them is pinned to a core of its own and computes with one
+thread, as the study executor's workers do, so they share the cores without oversubscribing them; the studies the
+tests run then see one core and run their fold jobs in their own process (no worker start-up per study), unless a
+test asks for ``--jobs``. ``pytest -n 0`` runs everything in one process.
 """
 
 from __future__ import annotations
@@ -17,9 +19,12 @@ import pytest
 
 REPO = Path(__file__).resolve().parents[1]
 PARALLEL = "PYTEST_XDIST_WORKER" in os.environ
-if PARALLEL:  # before torch loads; subprocesses (bundle runs, CLI) inherit it
+if PARALLEL:  # before torch loads; subprocesses (bundle runs, CLI) inherit both
     for variable in ("OMP_NUM_THREADS", "MKL_NUM_THREADS", "OPENBLAS_NUM_THREADS"):
         os.environ[variable] = "1"
+    if hasattr(os, "sched_setaffinity"):
+        cores = sorted(os.sched_getaffinity(0))
+        os.sched_setaffinity(0, {cores[int(os.environ["PYTEST_XDIST_WORKER"].lstrip("gw")) % len(cores)]})
 NIBABEL_DATA = Path(nib.__file__).parent / "tests" / "data"
 
 # bundle keys that make a tiny-profile cohort train in seconds
