@@ -77,6 +77,8 @@ def measure(command: list[str], log: Path) -> tuple[float, float]:
     if code != 0:
         raise CommandError(f"{' '.join(command[2:5])} failed with exit code {code}: see {log}")
     return seconds, int(peak.read_text()) / 2**20
+
+
 def experiment(study: Path, out: Path, cohorts: list[str], *extra: str) -> list[str]:
     command = [sys.executable, "-m", "pipeline.cli", "experiment", str(study), "--out", str(out), "--quiet"]
     return [*command, *(f"--cohort={c}" for c in cohorts), "--bootstrap", "20", *extra]
