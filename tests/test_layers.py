@@ -1,9 +1,10 @@
 """The package's layers (README, Layout): a module imports only from its own layer and the layers below it; the
-scripts in ``tools/`` import only the package."""
+scripts in ``tools/`` import only the package; the README's Layout names every module of the package, and no other."""
 
 from __future__ import annotations
 
 import ast
+import re
 from pathlib import Path
 
 from tests.conftest import REPO
@@ -62,3 +63,34 @@ def test_tools_import_nothing_from_the_tests():
     scripts = sorted((REPO / "tools").glob("*.py"))
     imports = {path.name: _imported(path, f"tools.{path.stem}", "tests") for path in scripts}
     assert scripts and not {name: found for name, found in imports.items() if found}
+
+
+def layout_modules(readme: str) -> set[str]:
+    """The package's modules and folders the README's Layout names (``data/``, ``data/manifest.py``, ``cli.py``): an
+    entry's first column names folders or modules, the ``*.py`` of a folder's text are its modules."""
+    block = readme.split("## Layout\n", 1)[1].split("```")[1].split("\npipeline/", 1)[1]
+    entries: dict[str, str] = {}
+    for line in block.splitlines():
+        if not line.startswith(" "):
+            break  # the next top-level folder
+        if re.match(r"  \S", line):  # an entry of pipeline/; its text continues on the deeper-indented lines
+            names, _, text = re.split(r"(\s{2,})", line.strip(), maxsplit=1)
+            entries[names] = text
+        elif entries:
+            entries[names] += " " + line.strip()
+    listed = set()
+    for names, text in entries.items():
+        for name in re.split(r",\s*", names):
+            listed.add(name)
+            if name.endswith("/"):
+                listed |= {name + module for module in re.findall(r"(?<![\w/.])(\w+\.py)\b", text)}
+    return listed
+
+
+def test_the_readme_layout_names_every_module_of_the_package_and_no_other():
+    package = REPO / "pipeline"
+    modules = {
+        str(p.relative_to(package)) for p in package.rglob("*.py") if p.parent == package or p.name != "__init__.py"
+    }
+    modules |= {f"{p.name}/" for p in package.iterdir() if p.is_dir() and any(p.glob("*.py"))}
+    assert layout_modules((REPO / "README.md").read_text()) == modules
