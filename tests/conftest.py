@@ -1,21 +1,28 @@
-"""Shared fixtures: a tiny synthetic BIDS cohort (real MNI anatomy, AAL labels) written once per session.
+"""Shared fixtures: a tiny synthetic BIDS cohort (real MNI anatomy, AAL labels) written once per session, and the
+three bundles trained on it once per session (``trained_bundles``).
 
 The suite runs in parallel test processes (pytest-xdist, ``-n auto --dist loadfile``: a module's tests, and so its
 module-scoped fixtures, stay in one process). Each of them is pinned to a core of its own and computes with one
 thread, as the study executor's workers do, so they share the cores without oversubscribing them; the studies the
 tests run then see one core and run their fold jobs in their own process (no worker start-up per study), unless a
-test asks for ``--jobs``. ``pytest -n 0`` runs everything in one process.
+test asks for ``--jobs``. ``pytest -n 0`` runs everything in one process. Session fixtures are one per test process;
+the T1 registrations and the trained bundles are kept in one folder for them all (:func:`shared_folder`), written under
+a file lock by the first process that needs them.
 """
 
 from __future__ import annotations
 
+import hashlib
+import json
 import os
+import shutil
 import subprocess
 import sys
 from pathlib import Path
 
 import nibabel as nib
 import pytest
+from filelock import FileLock
 
 REPO = Path(__file__).resolve().parents[1]
 PARALLEL = "PYTEST_XDIST_WORKER" in os.environ
@@ -37,14 +44,20 @@ TINY_OVERRIDES = {
 }
 
 
+def shared_folder(tmp_path_factory, name: str) -> Path:
+    """A folder of the session's: one for all its test processes when they run in parallel (their base folders
+    share a parent, as pytest-xdist documents), else in the base folder."""
+    base = tmp_path_factory.getbasetemp()
+    folder = (base.parent if PARALLEL else base) / name
+    folder.mkdir(exist_ok=True)
+    return folder
+
+
 @pytest.fixture(scope="session", autouse=True)
 def registration_cache(tmp_path_factory) -> Path:
     """One cache of T1 registrations for the session (the bundles read ``NEUROFUSION_REGISTRATION_CACHE``, and
     subprocesses inherit it): each synthetic T1 is registered to MNI152 once, however many tests train on it."""
-    base = tmp_path_factory.getbasetemp()
-    # one folder for all the session's test processes (their base folders share a parent); writes are atomic
-    folder = base.parent / "registration" if PARALLEL else base / "registration"
-    folder.mkdir(exist_ok=True)
+    folder = shared_folder(tmp_path_factory, "registration")  # writes are atomic
     previous = os.environ.get("NEUROFUSION_REGISTRATION_CACHE")
     os.environ["NEUROFUSION_REGISTRATION_CACHE"] = str(folder)
     yield folder
@@ -100,6 +113,62 @@ def run_cli(*args: str, cwd: Path = REPO, timeout: int = 300) -> subprocess.Comp
     """Run a command with this interpreter's environment, capturing output."""
     env = {**os.environ, "PYTHONWARNINGS": "ignore"}
     return subprocess.run([sys.executable, *args], cwd=cwd, env=env, capture_output=True, text=True, timeout=timeout)
+
+
+def sha256(path: Path) -> str:
+    return hashlib.sha256(path.read_bytes()).hexdigest()
+
+
+def listing(folder: Path) -> dict[str, str]:
+    """Every file under ``folder`` and its content hash."""
+    return {str(p.relative_to(folder)): sha256(p) for p in sorted(folder.rglob("*")) if p.is_file()}
+
+
+class TrainedBundles:
+    """The bundles, each trained once in the session when a test first asks for it: ``trained_bundles[name]`` is a
+    copy of ``bundles/<name>`` in which ``python -m monai.bundle run --config_file configs/train.yaml`` ran on fold 0
+    of the tiny cohort with :data:`TINY_OVERRIDES` (``models/``: ``model.pt``, ``model_inputs.json``,
+    ``checkpoint.pt``; ``eval/``: ``training_log.csv``).
+
+    Every test and test process reads the same folders: a test that writes into a bundle copies it first.
+    """
+
+    def __init__(self, root: Path, manifest: Path) -> None:
+        self.root, self.manifest = root, manifest
+
+    def __getitem__(self, name: str) -> Path:
+        bundle = self.root / name
+        with FileLock(self.root / f"{name}.lock"):  # the first test process to ask trains; the others wait
+            if not bundle.is_dir():
+                self._train(name, bundle)
+        return bundle
+
+    def _train(self, name: str, bundle: Path) -> None:
+        staging = self.root / f"{name}.partial" / name  # named as the bundle: it is the working directory's
+        shutil.rmtree(staging.parent, ignore_errors=True)
+        shutil.copytree(REPO / "bundles" / name, staging, ignore=shutil.ignore_patterns("models", "eval"))
+        args = cli_overrides({**TINY_OVERRIDES, "manifest": self.manifest})
+        result = run_cli("-m", "monai.bundle", "run", "--config_file", "configs/train.yaml", *args, cwd=staging)
+        assert result.returncode == 0, result.stderr[-3000:]
+        (self.root / f"{name}.json").write_text(json.dumps(listing(staging)))
+        staging.rename(bundle)
+        staging.parent.rmdir()
+
+    def check_unchanged(self) -> None:
+        """Fail when a test wrote into, or deleted from, a trained bundle."""
+        for record in self.root.glob("*.json"):
+            name = record.stem
+            assert listing(self.root / name) == json.loads(record.read_text()), f"a test changed the trained {name}"
+
+
+@pytest.fixture(scope="session")
+def trained_bundles(fold_dir, tmp_path_factory):
+    """The bundles trained once for the whole session (:class:`TrainedBundles`), shared by its test processes."""
+    bundles = TrainedBundles(
+        shared_folder(tmp_path_factory, "trained_bundles"), fold_dir / "repeat-0_fold-0" / "manifest.csv"
+    )
+    yield bundles
+    bundles.check_unchanged()
 
 
 @pytest.fixture()

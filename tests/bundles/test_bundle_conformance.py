@@ -12,9 +12,9 @@ import torch
 from monai.bundle import ConfigWorkflow, verify_net_in_out
 
 from pipeline import CLASS_NAMES
+from pipeline.engine.bundle_parts import BUNDLES
 from tests.conftest import REPO, TINY_OVERRIDES, run_cli
 
-BUNDLES = ["mri_cnn3d", "fmri_lstm", "mri_fmri_fusion"]
 FMRI_BUNDLES = {"fmri_lstm": "image", "mri_fmri_fusion": "series"}  # bundle -> data key of the fMRI series
 LAYOUT = [
     "configs/metadata.json",

@@ -10,32 +10,20 @@ import pytest
 import torch
 
 from pipeline.cli import main
-from pipeline.engine.workflow import run_bundle
+from pipeline.engine.bundle_parts import BUNDLES
 from pipeline.inference.export import ExportMismatch, check_onnx, example_inputs, load_network
-from tests.conftest import REPO, TINY_OVERRIDES, run_cli
+from tests.conftest import REPO, run_cli
 
 pytestmark = pytest.mark.slow  # trains bundles: left out by `make test-fast`
 
 onnxruntime = pytest.importorskip("onnxruntime", reason="ONNX checks need the optional extra neurofusion[export]")
 
-BUNDLES = ["mri_cnn3d", "fmri_lstm", "mri_fmri_fusion"]
-
 
 @pytest.fixture(scope="module", params=BUNDLES)
-def bundle_dir(request, fold_dir, tmp_path_factory):
-    """A copy of the bundle whose ``models/model.pt`` a one-epoch training on the tiny cohort wrote."""
+def bundle_dir(request, trained_bundles, tmp_path_factory):
+    """A copy of a trained bundle (tests/conftest.py), into whose ``models/`` the exports are written."""
     bundle = tmp_path_factory.mktemp("export") / request.param
-    shutil.copytree(REPO / "bundles" / request.param, bundle, ignore=shutil.ignore_patterns("models", "eval"))
-    overrides = {**TINY_OVERRIDES, "epochs": 1, "cache_rate": 0.0}
-    run_bundle(
-        bundle,
-        ["train.yaml"],
-        log_file=bundle / "train.log",
-        manifest=str(fold_dir / "repeat-0_fold-0" / "manifest.csv"),
-        output_dir=str(bundle / "eval"),
-        ckpt_dir=str(bundle / "models"),
-        **overrides,
-    )
+    shutil.copytree(trained_bundles[request.param], bundle)
     return bundle
 
 

@@ -22,6 +22,7 @@ from monai.bundle import ConfigParser
 from pipeline.cli import main
 from pipeline.data.datasets import manifest_datalist
 from pipeline.engine import ResumeMismatch, check_resume, run_identity
+from pipeline.engine.bundle_parts import BUNDLES
 from pipeline.engine.model_inputs import ModelInputError, inputs_record, write_model_inputs
 from pipeline.engine.workflow import run_bundle
 from pipeline.errors import BundleKeyError
@@ -29,7 +30,6 @@ from tests.conftest import REPO, TINY_OVERRIDES, cli_overrides, run_cli
 
 pytestmark = pytest.mark.slow  # trains bundles: left out by `make test-fast`
 
-BUNDLES = ["mri_cnn3d", "fmri_lstm", "mri_fmri_fusion"]
 #: keys the chain or network reads that do not change what a trained network sees (QC limits, caches, training-only)
 NOT_INPUTS = {
     "mri_registration_min_similarity",  # a refusal threshold, not a change of the input
@@ -238,50 +238,32 @@ def probabilities(table, names=("AD", "MCI", "CN")) -> pd.DataFrame:
     return pd.read_csv(table).set_index("subject_id")[[f"prob_{n}" for n in names]].sort_index()
 
 
+def fused_run(folder, configs: list[str], manifest, ckpt, **keys):
+    """Evaluation (``train.yaml`` + ``evaluate.yaml``) or inference (``inference.yaml``) of the fused bundle from
+    ``ckpt`` into ``folder``, its log beside it; returns the probabilities it predicted."""
+    workflow = "infer" if configs == ["inference.yaml"] else "train"
+    run_bundle(
+        REPO / "bundles" / "mri_fmri_fusion",
+        configs,
+        workflow,
+        log_file=folder.with_suffix(".log"),
+        manifest=str(manifest),
+        output_dir=str(folder),
+        ckpt_dir=str(ckpt),
+        **keys,
+    )
+    return probabilities(folder / "predictions.csv")
+
+
 def test_predict_without_naming_the_keys_gives_inference_with_the_trained_values(fused, tmp_path):
     ckpt, _, new = fused
-    bundle = REPO / "bundles" / "mri_fmri_fusion"
     out = tmp_path / "predict"
-    assert (
-        main(
-            [
-                "predict",
-                "--bundle",
-                str(bundle),
-                "--ckpt",
-                str(ckpt / "model.pt"),
-                "--manifest",
-                str(new),
-                "--out",
-                str(out),
-                *RELAXED_QC,
-            ]
-        )
-        == 0
-    )
+    args = ["--bundle", str(REPO / "bundles" / "mri_fmri_fusion"), "--ckpt", str(ckpt / "model.pt")]
+    assert main(["predict", *args, "--manifest", str(new), "--out", str(out), *RELAXED_QC]) == 0
     right = {k: TRAINED[k] for k in INPUT_KEYS + ["mri_brain_mask"]}
-    run_bundle(
-        bundle,
-        ["inference.yaml"],
-        "infer",
-        log_file=tmp_path / "right.log",
-        manifest=str(new),
-        output_dir=str(tmp_path / "right"),
-        ckpt_dir=str(ckpt),
-        **right,
-    )
-    run_bundle(
-        bundle,
-        ["inference.yaml"],
-        "infer",
-        log_file=tmp_path / "unnamed.log",
-        manifest=str(new),
-        output_dir=str(tmp_path / "unnamed"),
-        ckpt_dir=str(ckpt),
-    )
-    expected = probabilities(tmp_path / "right" / "predictions.csv")
+    expected = fused_run(tmp_path / "right", ["inference.yaml"], new, ckpt, **right)
     np.testing.assert_allclose(probabilities(out / "predictions.csv"), expected, atol=1e-5)
-    np.testing.assert_allclose(probabilities(tmp_path / "unnamed" / "predictions.csv"), expected, atol=1e-6)
+    np.testing.assert_allclose(fused_run(tmp_path / "unnamed", ["inference.yaml"], new, ckpt), expected, atol=1e-6)
     record = json.loads((out / pd.read_csv(new)["subject_id"][0] / "prediction.json").read_text())
     assert record["model"]["inputs"]["mri_spatial_size"] == TRAINED["mri_spatial_size"]
     assert record["model"]["inputs_record"] == str(ckpt / "model_inputs.json")
@@ -289,30 +271,12 @@ def test_predict_without_naming_the_keys_gives_inference_with_the_trained_values
 
 def test_evaluation_uses_the_trained_inputs_and_names_each_diagnosis_as_the_manifest_does(fused, tmp_path):
     ckpt, manifest, new = fused
-    bundle = REPO / "bundles" / "mri_fmri_fusion"
-    run_bundle(
-        bundle,
-        ["train.yaml", "evaluate.yaml"],
-        log_file=tmp_path / "eval.log",
-        manifest=str(manifest),
-        output_dir=str(tmp_path / "eval"),
-        ckpt_dir=str(ckpt),
-    )
-    run_bundle(
-        bundle,
-        ["inference.yaml"],
-        "infer",
-        log_file=tmp_path / "infer.log",
-        manifest=str(new),
-        output_dir=str(tmp_path / "infer"),
-        ckpt_dir=str(ckpt),
-    )
+    evaluation = fused_run(tmp_path / "eval", ["train.yaml", "evaluate.yaml"], manifest, ckpt)
+    inference = fused_run(tmp_path / "infer", ["inference.yaml"], new, ckpt)
     evaluated = pd.read_csv(tmp_path / "eval" / "predictions.csv").set_index("subject_id")
     truth = pd.read_csv(manifest).set_index("subject_id")["diagnosis"]
     assert (evaluated["diagnosis"] == truth[evaluated.index]).all()  # [AD, MCI, CN]: a CN row is called CN
-    np.testing.assert_allclose(
-        probabilities(tmp_path / "eval" / "predictions.csv"), probabilities(tmp_path / "infer" / "predictions.csv")
-    )
+    np.testing.assert_allclose(evaluation, inference)
 
 
 def test_predict_refuses_a_set_key_that_contradicts_the_trained_value(fused, tmp_path, capsys):

@@ -1,7 +1,8 @@
 """`neurofusion predict`: trained bundles on new subjects, as a clinical-research user runs them.
 
-The bundles are trained for one epoch on the tiny cohort; the subjects predicted are demo-profile scans (3 mm T1,
-4 mm 100-volume BOLD), which pass the bundles' QC thresholds with one soft finding (the T1's 3 mm voxels).
+The bundles are those trained once for the session on the tiny cohort (``trained_bundles``, tests/conftest.py); the
+subjects predicted are demo-profile scans (3 mm T1, 4 mm 100-volume BOLD), which pass the bundles' QC thresholds with
+one soft finding (the T1's 3 mm voxels).
 """
 
 from __future__ import annotations
@@ -9,7 +10,6 @@ from __future__ import annotations
 import hashlib
 import json
 import re
-import shutil
 from pathlib import Path
 
 import nibabel as nib
@@ -20,51 +20,20 @@ import torch
 
 from pipeline.cli import main
 from pipeline.commands.predict import parse_overrides
+from pipeline.engine.bundle_parts import BUNDLES
 from pipeline.engine.workflow import run_bundle
 from pipeline.inference import InferenceBundle
 from pipeline.inference.outputs import staged
 from pipeline.inference.predict import EMPTY_SALIENCY, folder_sha256
 from pipeline.inference.report import RESEARCH_ONLY
-from tests.conftest import REPO, TINY_OVERRIDES
+from tests.conftest import TINY_OVERRIDES, listing, sha256
 
 pytestmark = pytest.mark.slow  # trains bundles: left out by `make test-fast`
 
-BUNDLES = ["mri_cnn3d", "fmri_lstm", "mri_fmri_fusion"]
 MODALITIES = {"mri_cnn3d": ["mri"], "fmri_lstm": ["fmri"], "mri_fmri_fusion": ["mri", "fmri"]}
 #: the grid the bundles were trained on, given to predict as to `monai.bundle run`
 GRID = {key: TINY_OVERRIDES[key] for key in ("mri_pixdim", "mri_spatial_size", "fmri_timepoints")}
 SET = [f"--set={key}={json.dumps(value)}".replace(" ", "") for key, value in GRID.items()]
-
-
-def sha256(path) -> str:
-    return hashlib.sha256(path.read_bytes()).hexdigest()
-
-
-def listing(folder) -> dict[str, str]:
-    """Every file under ``folder`` and its content hash."""
-    return {str(p.relative_to(folder)): sha256(p) for p in sorted(folder.rglob("*")) if p.is_file()}
-
-
-@pytest.fixture(scope="session")
-def trained_bundles(fold_dir, tmp_path_factory) -> dict:
-    """Copies of the three bundles whose ``models/model.pt`` a one-epoch training on the tiny cohort wrote."""
-    root = tmp_path_factory.mktemp("trained_bundles")
-    bundles = {}
-    for name in BUNDLES:
-        bundle = root / name
-        shutil.copytree(REPO / "bundles" / name, bundle, ignore=shutil.ignore_patterns("models", "eval"))
-        (bundle / "models").mkdir()
-        run_bundle(
-            bundle,
-            ["train.yaml"],
-            log_file=root / f"{name}.log",
-            manifest=str(fold_dir / "repeat-0_fold-0" / "manifest.csv"),
-            output_dir=str(root / f"{name}-train"),
-            ckpt_dir=str(bundle / "models"),
-            **{**TINY_OVERRIDES, "epochs": 1, "cache_rate": 0.0},
-        )
-        bundles[name] = bundle
-    return bundles
 
 
 @pytest.fixture(scope="session")
