@@ -18,12 +18,18 @@ from torch import nn
 from pipeline import SEQUENCES
 from pipeline.networks.fmri_volume import FrameEncoder3D
 
+#: statistics of the recurrent outputs over time that :class:`FMRIEncoder` can pool
+POOLINGS = ("mean", "std", "last")
+DEFAULT_POOLING = ("mean", "std")
+
 
 class FMRIEncoder(nn.Module):
     """LSTM (or GRU) over time; each step reads the ``R`` ROI values. The embedding pools the top layer's outputs
-    over time: their mean, their standard deviation and the last output. The standard deviation carries synchrony:
-    when the ROIs a unit weighs fluctuate together (strong coupling, e.g. within the default-mode network) its
-    output swings more than when they drift apart.
+    over time (``pooling``): by default their mean and their standard deviation. The standard deviation carries
+    synchrony: when the ROIs a unit weighs fluctuate together (strong coupling, e.g. within the default-mode network)
+    its output swings more than when they drift apart. The last output (``"last"``) is not pooled by default: it
+    reflects the final few time points, which let the network memorise its training subjects (on a 300-subject
+    paired synthetic cohort, pooling it as well left the LSTM at chance; bundles/experiments/README.md).
 
     Args:
         n_rois: features per time step: ROIs (116 for AAL), ROI pairs or frame features.
@@ -33,6 +39,8 @@ class FMRIEncoder(nn.Module):
         bidirectional: read the sequence in both directions.
         embed_dim: size of the embedding.
         dropout: dropout between recurrent layers and before the projection.
+        pooling: statistics of the outputs over time that form the embedding, a non-empty subset of
+            :data:`POOLINGS` in any order.
     """
 
     def __init__(
@@ -44,11 +52,15 @@ class FMRIEncoder(nn.Module):
         bidirectional: bool = False,
         embed_dim: int = 64,
         dropout: float = 0.2,
+        pooling: Sequence[str] = DEFAULT_POOLING,
     ) -> None:
         super().__init__()
         recurrent = {"lstm": nn.LSTM, "gru": nn.GRU}
         if cell not in recurrent:
             raise ValueError(f"cell must be 'lstm' or 'gru', got {cell!r}")
+        if not pooling or set(pooling) - set(POOLINGS) or len(set(pooling)) < len(pooling):
+            raise ValueError(f"pooling must be distinct names of {', '.join(POOLINGS)}, got {list(pooling)}")
+        self.pooling: list[str] = list(pooling)
         self.rnn = recurrent[cell](
             input_size=n_rois,
             hidden_size=hidden_size,
@@ -58,13 +70,20 @@ class FMRIEncoder(nn.Module):
             dropout=dropout if num_layers > 1 else 0.0,
         )
         width = hidden_size * (2 if bidirectional else 1)
-        self.project = nn.Sequential(nn.Dropout(dropout), nn.Linear(3 * width, embed_dim), nn.ReLU())
+        self.project = nn.Sequential(nn.Dropout(dropout), nn.Linear(len(pooling) * width, embed_dim), nn.ReLU())
         self.embed_dim = embed_dim
 
     def forward(self, series: torch.Tensor) -> torch.Tensor:
         """``[B, R, T]`` -> ``[B, embed_dim]``."""
         outputs, _ = self.rnn(series.transpose(1, 2))
-        pooled = [outputs.mean(dim=1), outputs.std(dim=1), outputs[:, -1]]
+        pooled = []
+        for name in self.pooling:
+            if name == "mean":
+                pooled.append(outputs.mean(dim=1))
+            elif name == "std":
+                pooled.append(outputs.std(dim=1))
+            else:
+                pooled.append(outputs[:, -1])
         return self.project(torch.cat(pooled, dim=1))
 
 
@@ -79,17 +98,18 @@ def sequence_encoder(
     dropout: float = 0.2,
     frame_channels: Sequence[int] = (8, 16, 32),
     frame_dim: int = 32,
+    pooling: Sequence[str] = DEFAULT_POOLING,
 ) -> nn.Module:
     """The encoder of one sequence mode: ``[B, ..., T]`` -> ``[B, embed_dim]``.
 
     Args:
         sequence: ``"roi"``, ``"dfc"`` or ``"volume"`` (see the module docstring).
         n_rois: atlas ROIs (``roi``, ``dfc``; unused by ``volume``).
-        hidden_size, num_layers, cell, bidirectional, embed_dim, dropout: see :class:`FMRIEncoder`.
+        hidden_size, num_layers, cell, bidirectional, embed_dim, dropout, pooling: see :class:`FMRIEncoder`.
         frame_channels, frame_dim: the frame CNN of ``volume`` mode, see :class:`FrameEncoder3D`.
     """
     recurrent = {"hidden_size": hidden_size, "num_layers": num_layers, "cell": cell, "bidirectional": bidirectional}
-    recurrent.update(embed_dim=embed_dim, dropout=dropout)
+    recurrent.update(embed_dim=embed_dim, dropout=dropout, pooling=pooling)
     if sequence == "roi":
         return FMRIEncoder(n_rois, **recurrent)
     if sequence == "dfc":
@@ -104,7 +124,7 @@ class FMRIClassifier(nn.Module):
 
     Args:
         num_classes: number of diagnoses.
-        n_rois, hidden_size, num_layers, cell, bidirectional, embed_dim, dropout: see :class:`FMRIEncoder`.
+        n_rois, hidden_size, num_layers, cell, bidirectional, embed_dim, dropout, pooling: see :class:`FMRIEncoder`.
         sequence, frame_channels, frame_dim: see :func:`sequence_encoder`.
     """
 
@@ -121,6 +141,7 @@ class FMRIClassifier(nn.Module):
         sequence: str = "roi",
         frame_channels: Sequence[int] = (8, 16, 32),
         frame_dim: int = 32,
+        pooling: Sequence[str] = DEFAULT_POOLING,
     ) -> None:
         super().__init__()
         self.encoder = sequence_encoder(
@@ -134,6 +155,7 @@ class FMRIClassifier(nn.Module):
             dropout,
             frame_channels,
             frame_dim,
+            pooling,
         )
         self.head = nn.Linear(embed_dim, num_classes)
 

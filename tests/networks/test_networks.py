@@ -18,10 +18,11 @@ SERIES = torch.randn(2, 116, 32)
         (MRIClassifier(), (MRI,)),
         (FMRIClassifier(), (SERIES,)),
         (FMRIClassifier(cell="gru", num_layers=2), (SERIES,)),
+        (FMRIClassifier(pooling=("last", "mean", "std")), (SERIES,)),
         (FusionClassifier(), (MRI, SERIES)),
         (FusionClassifier(), (MRI,)),
     ],
-    ids=["cnn", "lstm", "gru", "fusion", "fusion-mri-only"],
+    ids=["cnn", "lstm", "gru", "lstm-last-output", "fusion", "fusion-mri-only"],
 )
 def test_scripted_network_matches_eager(network, inputs):
     network.eval()
@@ -35,6 +36,34 @@ def test_scripted_network_matches_eager(network, inputs):
 def test_unknown_recurrent_cell_is_refused():
     with pytest.raises(ValueError, match="cell must be 'lstm' or 'gru'"):
         FMRIClassifier(cell="transformer")
+
+
+class FixedOutputs(torch.nn.Module):
+    """Stands in for a recurrent layer: returns the given output sequences in turn, whatever it reads."""
+
+    def __init__(self, *outputs: torch.Tensor) -> None:
+        super().__init__()
+        self.outputs = iter(outputs)
+
+    def forward(self, series):
+        return next(self.outputs), None
+
+
+def test_default_embedding_ignores_the_order_of_time_points_and_the_last_output_does_not():
+    """Mean and standard deviation over time do not depend on the order of the outputs; the last output does."""
+    torch.manual_seed(0)
+    outputs = torch.randn(2, 32, 64)
+    for pooling, same in ((("mean", "std"), True), (("mean", "std", "last"), False)):
+        encoder = FMRIClassifier(pooling=pooling).encoder.eval()
+        encoder.rnn = FixedOutputs(outputs, outputs.flip(1))
+        with torch.no_grad():
+            assert torch.allclose(encoder(SERIES), encoder(SERIES), atol=1e-6) is same
+
+
+@pytest.mark.parametrize("pooling", [(), ("max",), ("mean", "mean")])
+def test_pooling_outside_mean_std_last_is_refused(pooling):
+    with pytest.raises(ValueError, match="pooling must be distinct names of mean, std, last"):
+        FMRIClassifier(pooling=pooling)
 
 
 # --- the fused network ------------------------------------------------------------------------------------
