@@ -29,9 +29,11 @@ METRICS = ["accuracy", "balanced_accuracy", "macro_f1", "auc_ovr"]
 
 
 def _study(tiny_cohort: Path, folder: Path) -> Path:
-    """The smoke study cut to its fastest model (4 fold jobs: 2 folds x augmentation off / on)."""
+    """The smoke study cut to its fastest model (4 fold jobs: 2 folds x augmentation off / on), each job long enough
+    (10 epochs, a few seconds) that a Ctrl-C sent once the first job has started finds jobs still running."""
     spec = yaml.safe_load(SMOKE.read_text())
     spec["models"] = ["fmri_lstm"]
+    spec["overrides"]["epochs"] = 10
     spec["cohorts"]["paired"]["manifest"] = str(tiny_cohort / "manifest_paired.csv")
     path = folder / "smoke_lstm.yaml"
     path.write_text(yaml.safe_dump(spec))
