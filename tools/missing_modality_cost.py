@@ -3,8 +3,9 @@
 For every finished fold job of the fused bundle in a study run folder, the job's trained weights predict its test fold
 twice: with the MRI and the fMRI, as the study evaluated it, and with the MRI alone through the network's MRI-only
 path (what ``neurofusion predict --allow-missing-fmri`` uses). Balanced accuracy of both, per job and averaged over
-folds, and the share of test subjects whose predicted class stays the same; the 3D CNN's own figure on the same folds,
-where the study ran it, is shown for comparison.
+folds, and the share of test subjects whose predicted class stays the same; the 3D CNN's own figure on the same folds
+and with the same transfer mode (from scratch, or its encoder from the same pretraining), where the study ran it, is
+shown for comparison.
 
     python tools/missing_modality_cost.py runs/demo/study            # the demo's study (cohort "paired")
     python tools/missing_modality_cost.py RUN --cohort paired --bundle bundles/mri_fmri_fusion
@@ -74,7 +75,7 @@ def measure(run: Path, cohort: str, bundle_dir: Path) -> pd.DataFrame:
             cache[fold_dir] = model_inputs(bundle, fold_dir / "manifest.csv")
         inputs, labels = cache[fold_dir]
         both, alone = probabilities(bundle, inputs)
-        cnn = run / dataclasses.replace(job, model="mri_cnn3d", transfer="none").job_dir  # from scratch, same fold
+        cnn = run / dataclasses.replace(job, model="mri_cnn3d").job_dir  # same fold, same transfer mode
         row = {
             "fold": fold_dir.name,
             "augment": recorded["augment"],
