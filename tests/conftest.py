@@ -150,9 +150,13 @@ class TrainedBundles:
         args = cli_overrides({**TINY_OVERRIDES, "manifest": self.manifest})
         result = run_cli("-m", "monai.bundle", "run", "--config_file", "configs/train.yaml", *args, cwd=staging)
         assert result.returncode == 0, result.stderr[-3000:]
-        (self.root / f"{name}.json").write_text(json.dumps(listing(staging)))
+        files = listing(staging)
         staging.rename(bundle)
         staging.parent.rmdir()
+        # recorded once the bundle is in place, atomically: another process's check never finds a record without it
+        record = self.root / f"{name}.json.partial"
+        record.write_text(json.dumps(files))
+        record.rename(self.root / f"{name}.json")
 
     def check_unchanged(self) -> None:
         """Fail when a test wrote into, or deleted from, a trained bundle."""
