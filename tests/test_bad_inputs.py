@@ -245,6 +245,7 @@ def test_bundle_refuses_an_override_of_the_wrong_type_before_writing(corpus, tmp
         ("mri_pixdim", [3.0, 3.0, "x"], "must be three positive numbers (mm)"),
         ("augment", "maybe", "must be true or false, got 'maybe'"),
         ("seed", True, "must be an integer >= 0, got True"),
+        ("bn_recalibration_batches", 0, "must be null or a positive integer, got 0"),
     ],
 )
 def test_bundle_keys_of_the_wrong_type_are_refused_naming_the_key(key, value, message):
@@ -255,6 +256,7 @@ def test_bundle_keys_of_the_wrong_type_are_refused_naming_the_key(key, value, me
 
 def test_bundle_keys_of_the_right_type_pass():
     check_bundle_keys(epochs=2, learning_rate=0.0, augment="false", resume=True, mri_pixdim=[6, 6.0, 6], seed=0)
+    check_bundle_keys(bn_recalibration_batches=None)
 
 
 @pytest.mark.parametrize("case", ["unknown-diagnosis", "t1-truncated", "t1-nan-inf"])

@@ -76,6 +76,7 @@ BUNDLE_KEY_TYPES: dict[str, tuple[Callable[[Any], bool], str]] = {
     "early_stop_patience": _COUNT,
     "augment": _SWITCH,
     "bn_recalibration": _SWITCH,
+    "bn_recalibration_batches": (lambda v: v is None or _integer(v, 1), "null or a positive integer"),
     "resume": _SWITCH,
     "amp": _SWITCH,
     "compile": _SWITCH,

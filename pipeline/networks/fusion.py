@@ -21,6 +21,11 @@ class FusionClassifier(nn.Module):
     learned "missing fMRI" embedding stands in for the fMRI encoder's. Training with ``modality_dropout`` > 0
     substitutes it for that fraction of the samples' fMRI embeddings, so the head learns to classify without fMRI.
 
+    ``mri_dropout`` > 0 zeroes the MRI embedding of another fraction of the training samples (never both for one
+    sample: ModDrop, Neverova et al. 2016). The head then has to classify those from the fMRI alone, so the fMRI
+    encoder keeps learning when the MRI encoder, faster to learn (and pretrained by a transfer), would otherwise fit
+    the training subjects on its own and leave the fMRI encoder almost no gradient.
+
     Args:
         num_classes: number of diagnoses.
         mri_channels: channels of the CNN blocks.
@@ -35,6 +40,8 @@ class FusionClassifier(nn.Module):
         fmri_sequence: ``"roi"``, ``"dfc"`` or ``"volume"``.
         fmri_frame_channels: frame CNN channels in ``volume`` mode.
         modality_dropout: probability, per training sample, of replacing the fMRI embedding by the missing one.
+        mri_dropout: probability, per training sample, of zeroing the MRI embedding instead; at most
+            ``1 - modality_dropout``.
     """
 
     def __init__(
@@ -52,11 +59,18 @@ class FusionClassifier(nn.Module):
         fmri_sequence: str = "roi",
         fmri_frame_channels: Sequence[int] = (8, 16, 32),
         modality_dropout: float = 0.0,
+        mri_dropout: float = 0.0,
     ) -> None:
         super().__init__()
         self.modality_dropout = float(modality_dropout)
+        self.mri_dropout = float(mri_dropout)
         if not 0.0 <= self.modality_dropout <= 1.0:
             raise ValueError(f"modality_dropout must be a probability in [0, 1], got {modality_dropout}")
+        if not 0.0 <= self.mri_dropout <= 1.0 - self.modality_dropout:
+            raise ValueError(
+                f"mri_dropout must be a probability in [0, 1 - modality_dropout] = [0, {1.0 - self.modality_dropout:g}]"
+                f" (a sample never loses both modalities), got {mri_dropout}"
+            )
         self.mri_encoder = MRIEncoder3D(1, mri_channels, mri_embed_dim, dropout)
         self.fmri_encoder = sequence_encoder(
             fmri_sequence,
@@ -85,8 +99,10 @@ class FusionClassifier(nn.Module):
             return self.fuse(mri, missing)
         fmri = self.fmri_encoder(series)
         if self.training:  # the missing embedding stays in the graph: DistributedDataParallel sees it used
-            dropped = torch.rand(fmri.shape[0], 1, device=fmri.device) < self.modality_dropout
-            fmri = torch.where(dropped, missing, fmri)
+            draw = torch.rand(fmri.shape[0], 1, device=fmri.device)
+            fmri = torch.where(draw < self.modality_dropout, missing, fmri)
+            mri_dropped = (draw >= self.modality_dropout) & (draw < self.modality_dropout + self.mri_dropout)
+            mri = torch.where(mri_dropped, torch.zeros_like(mri), mri)
         return self.fuse(mri, fmri)
 
     def fuse(self, mri_embedding: torch.Tensor, fmri_embedding: torch.Tensor) -> torch.Tensor:

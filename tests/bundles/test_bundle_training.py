@@ -170,6 +170,16 @@ def test_batch_norm_recalibration_sets_running_statistics_to_the_training_averag
     assert net[0].momentum == 0.1  # restored after the pass
 
 
+def test_batch_norm_recalibration_reads_at_most_max_batches():
+    torch.manual_seed(0)
+    net = torch.nn.Sequential(torch.nn.BatchNorm1d(2), torch.nn.Linear(2, 3))
+    batches = [torch.randn(4, 2) * 3 + 5, torch.randn(4, 2) - 2]
+    trainer, evaluator = _bn_trainer(net, batches)
+    BatchNormRecalibration(evaluator, max_batches=1).attach(trainer)
+    evaluator.run()
+    assert torch.allclose(net[0].running_mean, batches[0].mean(dim=0), atol=1e-5)
+
+
 def test_batch_norm_recalibration_leaves_frozen_layers_alone():
     net = torch.nn.Sequential(torch.nn.BatchNorm1d(2), torch.nn.Linear(2, 3))
     for parameter in net[0].parameters():

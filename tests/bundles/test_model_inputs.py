@@ -37,6 +37,7 @@ NOT_INPUTS = {
     "mri_augmentation",  # training draws only
     "fmri_augmentation",
     "modality_dropout",
+    "mri_dropout",
 }
 #: a fused model trained with a non-default value of every input key the tiny cohort allows at once
 TRAINED = {

@@ -110,6 +110,35 @@ def test_modality_dropout_outside_zero_to_one_is_refused():
         FusionClassifier(modality_dropout=1.5)
 
 
+def test_full_mri_dropout_in_training_classifies_from_the_fmri_alone():
+    torch.manual_seed(0)
+    network = FusionClassifier(dropout=0.0, mri_dropout=1.0).train()
+    logits = network(MRI, SERIES)
+    torch.testing.assert_close(logits, network(torch.randn_like(MRI), SERIES))
+    assert not torch.allclose(logits, network(MRI, torch.randn_like(SERIES)))
+    logits.sum().backward()
+    assert all(p.grad is None or not p.grad.any() for p in network.mri_encoder.parameters())
+    assert any(p.grad is not None and p.grad.any() for p in network.fmri_encoder.parameters())
+
+
+def test_mri_dropout_is_off_in_evaluation():
+    torch.manual_seed(0)
+    network = FusionClassifier(dropout=0.0, mri_dropout=1.0).eval()
+    with torch.no_grad():
+        assert not torch.allclose(network(MRI, SERIES), network(torch.randn_like(MRI), SERIES))
+
+
+def test_no_sample_loses_both_modalities():
+    torch.manual_seed(0)
+    network = FusionClassifier(dropout=0.0, modality_dropout=0.5, mri_dropout=0.5).train()
+    nothing = network.fuse(torch.zeros(1, 64), network.missing_fmri[None])
+    for _ in range(20):
+        logits = network(MRI, SERIES)
+        assert not torch.isclose(logits, nothing).all(dim=1).any()
+    with pytest.raises(ValueError, match=r"mri_dropout must be a probability in \[0, 1 - modality_dropout\]"):
+        FusionClassifier(modality_dropout=0.5, mri_dropout=0.6)
+
+
 # --- the 3D CNN's execution settings ----------------------------------------------------------------------
 
 
