@@ -66,10 +66,10 @@ def _execution(args: argparse.Namespace):
 
 def cmd_experiment(args: argparse.Namespace) -> int:
     from pipeline.study.runner import run_study
-    from pipeline.study.spec import load_study
+    from pipeline.study.spec import load_study, with_repeats
 
     execution = _execution(args)
-    study = load_study(args.study, _parse_cohort_overrides(args.cohort))
+    study = with_repeats(load_study(args.study, _parse_cohort_overrides(args.cohort)), args.repeats)
     missing = run_study(study, args.out, shard=args.shard, progress=not args.quiet, execution=execution)
     if missing and not execution.wait:
         print(f"study {study.name}: {len(missing)} job(s) submitted or still missing; when they have finished, run")
@@ -107,7 +107,7 @@ def cmd_report(args: argparse.Namespace) -> int:
 
 def cmd_demo(args: argparse.Namespace) -> int:
     from pipeline.study.runner import run_study
-    from pipeline.study.spec import load_study
+    from pipeline.study.spec import load_study, with_repeats
     from pipeline.synth import write_cohort
 
     out = Path(args.out)
@@ -119,7 +119,7 @@ def cmd_demo(args: argparse.Namespace) -> int:
     else:
         print(f"[1/3] reusing the synthetic cohort in {cohort}")
     manifests = {"paired": str(cohort / "manifest_paired.csv"), "mri_only": str(cohort / "manifest_mri_only.csv")}
-    study = load_study(args.study, manifests)
+    study = with_repeats(load_study(args.study, manifests), args.repeats)
     print(f"[2/3] running {args.study} ({study.name}) into {out / 'study'}")
     run_study(study, out / "study", progress=True, execution=_execution(args))
     print("[3/3] summary (mean over folds and 95% CI; chance balanced accuracy 0.333):")
@@ -141,6 +141,16 @@ def _add_bootstrap(parser: argparse.ArgumentParser) -> None:
         default=1000,
         metavar="N",
         help="subject-bootstrap resamples per model for the pooled-prediction CIs (default 1000; ~10 ms each)",
+    )
+
+
+def _add_repeats(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument(
+        "--repeats",
+        type=_positive_int,
+        metavar="R",
+        help="repeats of the cross-validation, in place of the study's cv.repeats; a finished run re-run with more "
+        "keeps its jobs and adds the new repeats'",
     )
 
 
@@ -203,6 +213,7 @@ def register(sub) -> None:
     e.add_argument("--shard", help="run only share i of n of the jobs, as i/n with 0 <= i < n (cluster arrays)")
     e.add_argument("--cohort", action="append", metavar="NAME=MANIFEST", help="replace a cohort's manifest")
     e.add_argument("--quiet", action="store_true", help="no progress bar")
+    _add_repeats(e)
     _add_jobs(e)
     _add_cluster(e)
     _add_bootstrap(e)
@@ -247,6 +258,7 @@ def register(sub) -> None:
     d.add_argument("--study", default=str(PAPER_STUDY), help="study YAML (default: the paper study)")
     d.add_argument("--n-mri-only", type=int, default=300, help="size of the MRI-only cohort (default 300)")
     d.add_argument("--seed", type=int, default=0, help="cohort seed (default 0)")
+    _add_repeats(d)
     _add_jobs(d)
     _add_bootstrap(d)
     d.set_defaults(func=cmd_demo)

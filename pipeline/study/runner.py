@@ -30,7 +30,7 @@ import json
 import shutil
 import subprocess
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from dataclasses import asdict, dataclass
 from pathlib import Path
 
@@ -134,6 +134,20 @@ def parse_shard(text: str | None) -> tuple[int, int]:
 def shard_jobs(jobs: list[Job], index: int, count: int) -> list[Job]:
     """Share ``index`` of ``count`` of the planned jobs: every ``count``-th job starting at ``index``."""
     return jobs[index::count]
+
+
+def costliest_first(jobs: Sequence[Job], tables: dict[Path, pd.DataFrame]) -> list[Job]:
+    """``jobs`` in the order a pool of workers finishes them soonest: the largest cohort's first and, within a
+    cohort, the augmented ones first (they cost more), so the short jobs fill in at the end and no worker waits
+    alone on a long one (longest processing time first). Results do not depend on the order: each job is seeded
+    on its own.
+
+    Args:
+        jobs: fold jobs in plan order (kept among equals).
+        tables: :func:`fold_tables` of the study (the cohorts' sizes).
+    """
+    size = {path.parent.name: len(table) for path, table in tables.items() if path.name == "folds.csv"}
+    return sorted(jobs, key=lambda job: (-size.get(job.cohort, 0), not job.augment))
 
 
 def fold_tables(study: Study) -> dict[Path, pd.DataFrame]:
@@ -429,7 +443,7 @@ def run_study(
         transfer.run_pretraining(study, out, transfers, transfer.needed(study, mine), (index, count), progress)
         finished = run_jobs(
             functools.partial(run_job, study, out=out),
-            mine,
+            costliest_first(mine, tables),
             execution,
             desc=f"{study.name} fold jobs",
             progress=progress,

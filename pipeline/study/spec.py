@@ -182,6 +182,22 @@ def load_study(path: str | Path, manifests: dict[str, str] | None = None) -> Stu
     return study
 
 
+def with_repeats(study: Study, repeats: int | None) -> Study:
+    """``study`` with ``repeats`` repetitions of its cross-validation in place of the YAML's ``cv.repeats`` (None:
+    unchanged; the run folder's ``study.yaml`` says so). Repeat r's folds do not depend on how many repeats there
+    are, so re-running a finished run folder with more repeats keeps its jobs and adds the new repeats'.
+
+    Raises:
+        StudyError: fewer than one repeat.
+    """
+    if repeats is None:
+        return study
+    if repeats < 1:
+        raise StudyError(f"--repeats must be at least 1, got {repeats}")
+    text = f"{study.text.rstrip()}\n# run with --repeats {repeats}: cv.repeats replaced\n"
+    return replace(study, repeats=repeats, text=text)
+
+
 def _parse_transfer(study: Study, raw: Any) -> tuple[Transfer, ...]:
     """The ``transfer`` key: target cohort -> ``{from, model, modes, exclude_shared}`` (module docstring)."""
     where = f"{study.path}: transfer"

@@ -4,14 +4,22 @@ from __future__ import annotations
 
 import json
 import re
+from pathlib import Path
 
 import pandas as pd
 import pytest
 
 from pipeline.cli import main
 from pipeline.errors import ManifestError
-from pipeline.study.runner import plan_jobs, prepare_folds, shard_jobs, training_logs
-from pipeline.study.spec import StudyError, load_study
+from pipeline.study.runner import (
+    costliest_first,
+    fold_tables,
+    plan_jobs,
+    prepare_folds,
+    shard_jobs,
+    training_logs,
+)
+from pipeline.study.spec import StudyError, load_study, with_repeats
 from tests.conftest import REPO, run_cli
 
 pytestmark = pytest.mark.slow  # trains bundles: left out by `make test-fast`
@@ -126,6 +134,35 @@ def test_shards_partition_the_plan():
     shards = [shard_jobs(jobs, i, 3) for i in range(3)]
     assert sorted(sum(shards, []), key=jobs.index) == jobs
     assert max(len(s) for s in shards) - min(len(s) for s in shards) <= 1
+
+
+def test_fold_jobs_run_the_largest_cohort_and_augmented_jobs_first():
+    jobs = plan_jobs(load_study(REPO / "bundles" / "experiments" / "paper_study.yaml"))
+    sizes = {"paired": 29, "mri_only": 300}
+    tables = {Path("folds", name, "folds.csv"): pd.DataFrame(index=range(n)) for name, n in sizes.items()}
+    order = costliest_first(jobs, tables)
+    assert sorted(order, key=jobs.index) == jobs
+    assert [j.cohort for j in order] == ["mri_only"] * 10 + ["paired"] * 30
+    for cohort in sizes:
+        planned = [j for j in jobs if j.cohort == cohort]
+        ordered = [j for j in order if j.cohort == cohort]
+        assert ordered == [j for j in planned if j.augment] + [j for j in planned if not j.augment]
+
+
+def test_more_repeats_keep_the_first_repeats_jobs_and_folds(tiny_cohort):
+    study = load_study(SMOKE, {"paired": str(tiny_cohort / "manifest_paired.csv")})
+    more = with_repeats(study, 2)
+    assert (study.repeats, more.repeats) == (1, 2) and "--repeats 2" in more.text
+    jobs, twice = plan_jobs(study), plan_jobs(more)
+    assert len(twice) == 2 * len(jobs) and set(jobs) < set(twice)
+    once, both = fold_tables(study), fold_tables(more)
+    assert once.keys() < both.keys()
+    for path, table in once.items():
+        first = both[path].query("repeat == 0") if path.name == "folds.csv" else both[path]
+        pd.testing.assert_frame_equal(table, first.reset_index(drop=True))
+    assert with_repeats(study, None) is study
+    with pytest.raises(StudyError, match="--repeats must be at least 1"):
+        with_repeats(study, 0)
 
 
 def test_shard_run_leaves_other_shards_jobs_and_the_report_alone(study_run, tiny_cohort, capsys):
