@@ -50,7 +50,8 @@ _, HAS_TORCHIO = optional_import("torchio")
 #: global generator (seeded by the bundles' ``seed``), not from ``Compose.set_random_state``. The random ``affine``
 #: is off too: every input is spatially normalised, and on the registered MRI-only demo cohort it cost the 3D CNN
 #: 0.19 balanced accuracy at these ranges (±0.1 rad, ±5%, ±3 voxels) and 0.05 at ±0.05 rad, ±2%, ±1 voxel, while
-#: the intensity transforms alone cost nothing (``bundles/experiments/learnability_aug.yaml``); turn it on for inputs that are not.
+#: the intensity transforms alone cost nothing (``bundles/experiments/learnability_aug.yaml``); turn it on for
+#: inputs that are not.
 DEFAULT_MRI_AUGMENTATION: dict[str, dict] = {
     "affine": {"prob": 0.0, "rotate_range": 0.1, "scale_range": 0.05, "translate_range": 3},
     "flip": {"prob": 0.0},
