@@ -16,6 +16,7 @@ BENCHMARKS = {
     "infer": "pipeline.bench.infer",
     "registration": "pipeline.bench.registration",
     "study": "pipeline.bench.study",
+    "malloc": "pipeline.bench.malloc",
 }
 
 

@@ -124,7 +124,7 @@ def _methods() -> dict[str, Callable]:
     return methods
 
 
-def _subjects(folder: Path, voxel_mm: float, count: int) -> list[tuple[np.ndarray, np.ndarray, np.ndarray]]:
+def synthetic_t1s(folder: Path, voxel_mm: float, count: int) -> list[tuple[np.ndarray, np.ndarray, np.ndarray]]:
     """(voxels, affine, planted pose) of ``count`` synthetic T1s at ``voxel_mm``."""
     import dataclasses
 
@@ -170,7 +170,7 @@ def run(args: argparse.Namespace) -> int:
     print(f"{'method':36} {'T1':>6} {'s/subject':>10} {'residual median':>16} {'worst':>7} {'rerun change':>13}")
     with tempfile.TemporaryDirectory() as folder:
         for voxel_mm in args.resolutions:
-            subjects = _subjects(Path(folder), voxel_mm, max(1, args.subjects))
+            subjects = synthetic_t1s(Path(folder), voxel_mm, max(1, args.subjects))
             for name, register in methods.items():
                 seconds, median, worst, repeat = _measure(register, subjects)
                 print(

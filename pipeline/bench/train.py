@@ -6,11 +6,13 @@ default), bf16 autocast, oneDNN (mkldnn) off, oneDNN convolutions in bf16 (``tor
 (``--grids``: the bundles' head box, the paper study's registered brain grid, the template's brain box) with the
 default setting and compiled, and the fused model and the LSTM at the bundles' defaults (``--what``).
 
-Every run of a network starts from the same weights. A setting's logits on a held-out batch are compared with those
-of the default (channels-last fp32, eager, torch's thread count; a setting counts as giving the same results when
-they agree within ``--tolerance``), and so are its class probabilities after the same training steps. Timed passes
-of all runs are interleaved, so load from elsewhere on the machine hits every run alike; the first step (with
-``torch.compile``: the compilation) is timed on its own. FLOPs of one step (forward and backward) come from
+Every run trains with the allocator the bundles train with (:func:`pipeline.engine.retain_freed_memory`;
+``neurofusion bench malloc`` compares it with glibc's default) and starts from the same weights as the other runs of
+its network. A setting's logits on a held-out batch are compared with those of the default (channels-last fp32,
+eager, torch's thread count; a setting counts as giving the same results when they agree within ``--tolerance``),
+and so are its class probabilities after the same training steps. Timed passes of all runs are interleaved, so load
+from elsewhere on the machine hits every run alike; the first step (with ``torch.compile``: the compilation) is
+timed on its own. FLOPs of one step (forward and backward) come from
 ``torch.utils.flop_counter``; the reference is this machine's fp32 matrix-multiply rate, measured in the same run
 at the same thread count.
 """
@@ -446,6 +448,9 @@ def run(args: argparse.Namespace) -> int:
     import torch._dynamo.config
     import torch._inductor.config
 
+    from pipeline.engine import retain_freed_memory
+
+    retain_freed_memory()  # the allocator the bundles train with (neurofusion bench malloc compares the two)
     device = torch.device(args.device or ("cuda" if torch.cuda.is_available() else "cpu"))
     default_threads = torch.get_num_threads()
     thread_counts = sorted({1, default_threads}) if device.type == "cpu" else [default_threads]

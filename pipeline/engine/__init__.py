@@ -6,6 +6,7 @@ from __future__ import annotations
 import os
 from pathlib import Path
 
+from pipeline.engine.allocator import retain_freed_memory
 from pipeline.engine.checkpoint import (
     EpochSeed,
     KeyMetricCheckpointSaver,
@@ -82,6 +83,7 @@ __all__ = [
     "is_main_process",
     "local_device",
     "recorded_inputs",
+    "retain_freed_memory",
     "run_identity",
     "stack_pred_label",
     "trained_input",

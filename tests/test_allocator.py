@@ -1,0 +1,77 @@
+"""The training allocator setting (``pipeline.engine.retain_freed_memory``): freed blocks are re-used, not faulted in
+anew; opting out keeps glibc's behaviour. Each case runs in a fresh process: the setting holds for a whole process."""
+
+from __future__ import annotations
+
+import os
+import re
+import subprocess
+import sys
+
+import pytest
+
+from pipeline.cli import main
+from pipeline.engine import allocator
+from pipeline.engine.allocator import OPT_OUT
+
+pytestmark = pytest.mark.skipif(not sys.platform.startswith("linux"), reason="glibc's allocator")
+
+#: prints whether the allocator was tuned and the page faults of touching a 64 MiB block after one was freed (the
+#: module is run from its file: importing the package would load torch and MONAI, seconds per process)
+_FRESH_BLOCK_FAULTS = """
+import resource, runpy, sys
+import numpy as np
+retain_freed_memory = runpy.run_path(sys.argv[2])["retain_freed_memory"]
+tuned = retain_freed_memory() if sys.argv[1] == "retain" else False
+np.ones(64 << 20, dtype=np.uint8)  # allocated, touched, freed
+before = resource.getrusage(resource.RUSAGE_SELF).ru_minflt
+block = np.ones(64 << 20, dtype=np.uint8)
+print(tuned, resource.getrusage(resource.RUSAGE_SELF).ru_minflt - before)
+"""
+
+
+def fresh_block_faults(mode: str, **environment: str) -> tuple[str, int]:
+    done = subprocess.run(
+        [sys.executable, "-c", _FRESH_BLOCK_FAULTS, mode, allocator.__file__],
+        env={**os.environ, **environment},
+        capture_output=True,
+        text=True,
+        check=True,
+    )
+    tuned, faults = done.stdout.split()
+    return tuned, int(faults)
+
+
+def test_retained_memory_is_reused_instead_of_faulted_in_again():
+    default_tuned, default_faults = fresh_block_faults("default")
+    tuned, faults = fresh_block_faults("retain")
+    assert (default_tuned, tuned) == ("False", "True")
+    assert default_faults > 0  # glibc maps a block this size afresh and faults it in
+    assert faults * 10 < default_faults
+
+
+def test_opting_out_keeps_glibcs_allocator():
+    default_faults = fresh_block_faults("default")[1]
+    tuned, faults = fresh_block_faults("retain", **{OPT_OUT: "0"})
+    assert tuned == "False"
+    assert faults * 10 >= default_faults
+
+
+def test_every_bundle_trains_with_the_retained_allocator():
+    from monai.bundle import ConfigParser
+
+    from pipeline.engine import REPO_BUNDLES
+
+    for bundle in ("mri_cnn3d", "fmri_lstm", "mri_fmri_fusion"):
+        steps = ConfigParser.load_config_file(REPO_BUNDLES / bundle / "configs" / "train.yaml")["initialize"]
+        assert "$pipeline.engine.retain_freed_memory()" in steps, bundle
+
+
+def test_bench_malloc_compares_both_allocators_in_fresh_processes_with_identical_results(capsys):
+    assert main(["bench", "malloc", "--what", "cnn-paper", "--steps", "1", "--repeats", "1"]) == 0
+    out = capsys.readouterr().out
+    measured = r"([\d.]+) s +\d+% +(\d+)"
+    row = re.search(rf"^3D CNN, paper grid +{measured} +{measured} +([\d.]+)x +(\w+)$", out, re.M)
+    assert row, out
+    assert row[6] == "yes"  # the same logits bitwise
+    assert int(row[4]) < int(row[2])  # fewer page faults retained
