@@ -16,16 +16,20 @@ from pipeline.engine.allocator import OPT_OUT
 
 pytestmark = pytest.mark.skipif(not sys.platform.startswith("linux"), reason="glibc's allocator")
 
-#: prints whether the allocator was tuned and the page faults of touching a 64 MiB block after one was freed (the
-#: module is run from its file: importing the package would load torch and MONAI, seconds per process)
+#: prints whether the allocator was tuned and the page faults of writing a 64 MiB malloc block after one was freed
+#: (straight from the C library: numpy would ask for huge pages; the module is run from its file, since importing
+#: the package would load torch and MONAI, seconds per process)
 _FRESH_BLOCK_FAULTS = """
-import resource, runpy, sys
-import numpy as np
+import ctypes, resource, runpy, sys
 retain_freed_memory = runpy.run_path(sys.argv[2])["retain_freed_memory"]
 tuned = retain_freed_memory() if sys.argv[1] == "retain" else False
-np.ones(64 << 20, dtype=np.uint8)  # allocated, touched, freed
+libc, size = ctypes.CDLL("libc.so.6"), 64 << 20
+libc.malloc.restype, libc.malloc.argtypes, libc.free.argtypes = ctypes.c_void_p, [ctypes.c_size_t], [ctypes.c_void_p]
+block = libc.malloc(size)
+ctypes.memset(block, 1, size)
+libc.free(block)
 before = resource.getrusage(resource.RUSAGE_SELF).ru_minflt
-block = np.ones(64 << 20, dtype=np.uint8)
+ctypes.memset(libc.malloc(size), 1, size)
 print(tuned, resource.getrusage(resource.RUSAGE_SELF).ru_minflt - before)
 """
 
