@@ -10,7 +10,7 @@ change; the process keeps its peak until it exits. PyTorch's CPU tuning guide re
 same reason; these two settings get that effect from the C library already loaded, with nothing to install.
 
 Only training is tuned (the bundles' ``initialize``): registration gains nothing from it (N4 and ANTs allocate once
-and compute long: 0.96x in ``neurofusion bench malloc``) and inference runs few steps.
+and compute long: 0.96-1.04x in ``neurofusion bench malloc``) and inference runs few steps.
 """
 
 from __future__ import annotations
