@@ -4,8 +4,8 @@ The allocator's settings hold for a whole process and cannot be put back, so eac
 process, the two settings alternating ``--repeats`` times (load from elsewhere on the machine hits both alike). Per
 workload: seconds (best pass), the share of them spent in the kernel, page faults, the speed-up, and whether the
 result is bitwise the same. Workloads: training steps of the 3D CNN on the bundles' grid (batch 4) and the paper
-study's grid (batch 8), of the fused model, and the N4 + ANTs registration of synthetic T1s (which the study does
-not tune).
+study's grid (batch 8), of the fused model and of the LSTM, and the N4 + ANTs registration of synthetic T1s (which
+the study does not tune).
 """
 
 from __future__ import annotations
@@ -29,6 +29,7 @@ TRAINING = {
     "cnn": ("3D CNN, bundle grid", "cnn", "bundle", 4),
     "cnn-paper": ("3D CNN, paper grid", "cnn", "paper", 8),
     "fused": ("fused, bundle grid", "fused", "bundle", 4),
+    "lstm": ("LSTM", "lstm", "bundle", 4),
 }
 WORKLOADS = (*TRAINING, "registration")
 

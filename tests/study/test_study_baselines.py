@@ -5,6 +5,7 @@ from __future__ import annotations
 import inspect
 import json
 import re
+import shutil
 
 import numpy as np
 import pandas as pd
@@ -248,6 +249,24 @@ def test_rerun_skips_finished_reference_jobs_and_cached_features(run):
     before = {p: p.stat().st_mtime_ns for p in done}
     assert main(["experiment", str(run / "study.yaml"), "--out", str(run), "--quiet", "--bootstrap", "20"]) == 0
     assert {p: p.stat().st_mtime_ns for p in done} == before and len(before) == 7  # 6 jobs, 1 feature file
+
+
+def test_baseline_features_read_the_bold_registrations_the_study_cached(run, tmp_path, monkeypatch):
+    from pipeline.transforms import fmri_registration
+
+    out = tmp_path / "run"
+    shutil.copytree(run, out)
+    shutil.rmtree(out / "cache" / "baselines")
+    for done in out.glob("folds/*/*/baseline-*/done.json"):
+        done.unlink()
+
+    def register_again(*args, **kwargs):
+        raise AssertionError("a BOLD run registered again: the baselines missed the study's registration cache")
+
+    monkeypatch.setattr(fmri_registration, "register_bold", register_again)
+    study = load_study(out / "study.yaml")
+    baselines.run_references(study, out, baselines.load_references(out), progress=False)
+    assert len(_done(out, "baseline:fmri")) == 2
 
 
 def test_report_rebuilds_results_from_disk_and_lists_a_missing_reference_job(run, capsys):
