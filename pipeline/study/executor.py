@@ -226,18 +226,47 @@ def _run_pool(work, items, execution: Execution, bar: tqdm, label, abandon) -> N
         raise failure
 
 
-def _pool_loop(work, items, execution: Execution, bar: tqdm, label, abandon) -> BaseException | None:
-    """Run the items in a pool; returns the first failed job's error (the others are still run to their end)."""
+#: pools that :func:`worker_pool` keeps between :func:`run_jobs` calls, by (workers, threads); None outside it
+_kept: dict[tuple[int, int], futures.ProcessPoolExecutor] | None = None
+
+
+@contextlib.contextmanager
+def worker_pool() -> Iterator[None]:
+    """Keep the local worker processes of every :func:`run_jobs` call in the block for the next call with the same
+    workers and threads (a study's registration and fold-job stages), shut down when the block ends: each spawned
+    worker imports torch, MONAI and ANTs once instead of once a stage. A stage that fails or is interrupted stops
+    its workers; the next starts fresh ones."""
+    global _kept
+    if _kept is not None:  # already inside one
+        yield
+        return
+    _kept = {}
+    try:
+        yield
+    finally:
+        pools, _kept = list(_kept.values()), None
+        for pool in pools:
+            pool.shutdown()
+
+
+def _pool(execution: Execution) -> futures.ProcessPoolExecutor:
+    """A kept pool for ``execution`` (:func:`worker_pool`), or a new one; workers are spawned as jobs need them."""
     import multiprocessing
 
-    pending, running = list(reversed(items)), {}
-    failure: BaseException | None = None
-    pool = futures.ProcessPoolExecutor(
-        max_workers=min(execution.at_once, len(items)),
+    kept = _kept.pop((execution.at_once, execution.threads), None) if _kept is not None else None
+    return kept or futures.ProcessPoolExecutor(
+        max_workers=execution.at_once,
         mp_context=multiprocessing.get_context("spawn"),
         initializer=_start_worker,
         initargs=(execution.threads, os.getpid()),
     )
+
+
+def _pool_loop(work, items, execution: Execution, bar: tqdm, label, abandon) -> BaseException | None:
+    """Run the items in a pool; returns the first failed job's error (the others are still run to their end)."""
+    pending, running = list(reversed(items)), {}
+    failure: BaseException | None = None
+    pool = _pool(execution)
     try:
         while pending or running:
             while pending and failure is None and len(running) < execution.at_once:
@@ -261,7 +290,10 @@ def _pool_loop(work, items, execution: Execution, bar: tqdm, label, abandon) -> 
             if abandon is not None:
                 abandon(item)
         raise
-    pool.shutdown()
+    if failure is None and _kept is not None:
+        _kept[(execution.at_once, execution.threads)] = pool
+    else:
+        pool.shutdown()
     return failure
 
 

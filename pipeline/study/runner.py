@@ -42,7 +42,7 @@ from pipeline.engine.metrics import classification_metrics
 from pipeline.engine.workflow import run_bundle
 from pipeline.io import atomic_write_json, atomic_write_text
 from pipeline.study import transfer
-from pipeline.study.executor import Execution, run_jobs
+from pipeline.study.executor import Execution, run_jobs, worker_pool
 from pipeline.study.spec import Study
 from pipeline.study.stats import is_collapsed, labels_and_probabilities
 
@@ -437,20 +437,21 @@ def run_study(
         references = baselines.write_references(study, out)
         prepare_folds(study, out, tables)
         transfer.write_records(transfers, out)
-        register_subjects(study, out, execution, progress)
         mine = [job for job in shard_jobs(jobs, index, count) if not (out / job.job_dir / "done.json").exists()]
-        # stage 1: the encoders this shard's fold jobs start from; stage 2: the fold jobs
-        transfer.run_pretraining(study, out, transfers, transfer.needed(study, mine), (index, count), progress)
-        finished = run_jobs(
-            functools.partial(run_job, study, out=out),
-            costliest_first(mine, tables),
-            execution,
-            desc=f"{study.name} fold jobs",
-            progress=progress,
-            label=lambda job: str(job.job_dir),
-            abandon=functools.partial(abandon_job, out),
-            log_dir=job_logs(out, execution),
-        )
+        with worker_pool():  # the registration stage's workers run the fold jobs too
+            register_subjects(study, out, execution, progress)
+            # stage 1: the encoders this shard's fold jobs start from; stage 2: the fold jobs
+            transfer.run_pretraining(study, out, transfers, transfer.needed(study, mine), (index, count), progress)
+            finished = run_jobs(
+                functools.partial(run_job, study, out=out),
+                costliest_first(mine, tables),
+                execution,
+                desc=f"{study.name} fold jobs",
+                progress=progress,
+                label=lambda job: str(job.job_dir),
+                abandon=functools.partial(abandon_job, out),
+                log_dir=job_logs(out, execution),
+            )
         if index == 0 and finished:
             baselines.run_references(study, out, references, progress)
     except Exception:

@@ -89,6 +89,33 @@ def test_each_worker_runs_with_its_share_of_the_threads(tmp_path):
     assert os.getpid() not in {int(r[2]) for r in records}  # in worker processes, not this one
 
 
+def _fail(path: str) -> None:
+    raise ValueError(f"{path}: planned failure")
+
+
+def _pids(paths: list[str]) -> set[int]:
+    return {int(Path(p).read_text().split()[2]) for p in paths}
+
+
+def test_stages_inside_worker_pool_share_its_workers_which_end_with_it(tmp_path):
+    from pipeline.study import executor
+    from pipeline.study.executor import run_jobs, worker_pool
+
+    execution = Execution(jobs=2, threads_per_job=1)
+    stages = [[str(tmp_path / f"stage-{s}-job-{i}.txt") for i in range(4)] for s in range(3)]
+    with worker_pool():
+        for paths in stages[:2]:
+            assert run_jobs(_record_threads, paths, execution, progress=False)
+        with pytest.raises(ValueError, match="planned failure"):  # a failed stage stops its workers
+            run_jobs(_fail, ["a", "b"], execution, progress=False)
+        assert run_jobs(_record_threads, stages[2], execution, progress=False)
+        workers = [p for pool in executor._kept.values() for p in pool._processes.values()]
+    first, second, after_failure = (_pids(paths) for paths in stages)
+    assert second <= first and len(first) <= 2  # the second stage ran in the first one's workers
+    assert after_failure.isdisjoint(first)  # fresh workers after the failed stage
+    assert workers and executor._kept is None and not any(p.is_alive() for p in workers)
+
+
 @pytest.mark.parametrize(
     ("flags", "message"),
     [
