@@ -8,7 +8,7 @@ pretraining stage) and an :class:`Execution` that says how:
   cores; one job at a time runs in this process. A progress bar counts finished items with an ETA. On Ctrl-C
   (``KeyboardInterrupt``) or a failed item, no new item starts; on Ctrl-C the workers are stopped, and every item
   that did not finish is handed to ``abandon`` once its worker is gone (the study runner removes its folder), so
-  nothing half-written stays.
+  nothing half-written stays. Inside :func:`worker_pool` consecutive calls reuse the same workers.
 - ``slurm`` (``pip install neurofusion[slurm]``): the items are submitted as one Slurm job array through submitit,
   logs under ``log_dir`` (``<array id>_<task>_log.{out,err}``); ``local`` runs the same code path through submitit's
   local executor (one process per item, no Slurm). Waits for the array unless ``wait`` is false; items that failed
