@@ -103,6 +103,23 @@ class Study:
         """Whether a model's bundle can start from a pretrained MRI encoder (its ``train.yaml`` has the key)."""
         return _has_top_level_key(self.bundle_dir(model) / "configs" / "train.yaml", ENCODER_KEY)
 
+    def models_of(self, cohort: str | None = None) -> set[str]:
+        """The bundles that read a cohort's keys (its models and the model pretrained on it), or every cohort's."""
+        cohorts = [c for c in self.cohorts if cohort is None or c.name == cohort]
+        pretrained = {t.model for t in self.transfer if cohort is None or t.source == cohort}
+        return {m for c in cohorts for m in c.models} | pretrained
+
+    def check_keys_known(self, overrides: dict[str, Any], models: set[str], where: str) -> None:
+        """Refuse an override that none of ``models``' ``train.yaml`` has at its top level (a config id ``a#b`` by
+        its ``a``): MONAI's parser would add it to the config unread, so a misspelt key changed nothing."""
+        configs = [self.bundle_dir(m) / "configs" / "train.yaml" for m in sorted(models)]
+        for key in overrides:
+            if not any(_has_top_level_key(config, str(key).split("#")[0]) for config in configs):
+                raise StudyError(
+                    f"{where}: {key!r} is not a key of {' or '.join(sorted(models))} (configs/train.yaml), so it "
+                    "would change nothing"
+                )
+
     def transfer_to(self, cohort: str) -> Transfer | None:
         """The transfer into ``cohort``, if the study has one."""
         return next((t for t in self.transfer if t.target == cohort), None)
@@ -179,6 +196,9 @@ def load_study(path: str | Path, manifests: dict[str, str] | None = None) -> Stu
     for cohort in study.cohorts:
         if not cohort.models and cohort.name not in sources:
             raise StudyError(f"{path}: cohorts.{cohort.name}: no models, and no cohort's transfer comes from it")
+        where = f"{path}: cohorts.{cohort.name}.overrides"
+        study.check_keys_known(cohort.overrides, study.models_of(cohort.name), where)
+    study.check_keys_known(study.overrides, study.models_of(), f"{path}: overrides")
     return study
 
 

@@ -82,6 +82,8 @@ def load_variants(path: str | Path, manifests: dict[str, str] | None = None) -> 
     if raw["reference"] not in checked:
         raise StudyError(f"{path}: reference {raw['reference']!r} is not a variant (variants: {', '.join(checked)})")
     study = load_study(path.parent / str(raw["study"]), manifests)
+    for name, keys in checked.items():
+        study.check_keys_known(keys, study.models_of(), f"{path}: variants.{name}")
     return Variants(path, study, raw["reference"], checked)
 
 

@@ -214,6 +214,26 @@ def test_unknown_study_key_and_bundle_are_refused(tmp_path):
         load_study(tmp_path / "t.yaml")
 
 
+def test_an_override_no_bundle_of_the_study_reads_is_refused_naming_it(tmp_path, capsys):
+    (tmp_path / "s.yaml").write_text(SMOKE.read_text().replace("  epochs: 2", "  epoch: 2"))
+    assert main(["experiment", str(tmp_path / "s.yaml"), "--out", str(tmp_path / "run")]) == 1
+    refusal = r"s\.yaml: overrides: 'epoch' is not a key of .*mri_cnn3d.*would change nothing"
+    assert re.search(refusal, capsys.readouterr().err)
+    assert not (tmp_path / "run").exists()
+
+
+def test_a_cohort_override_must_be_a_key_of_that_cohorts_own_models(tmp_path):
+    """``mri_dropout`` is the fused bundle's: a cohort of the LSTM alone would not read it."""
+    cohort = "  paired:\n    manifest: ../../runs/smoke/cohort/manifest_paired.csv\n"
+    (tmp_path / "s.yaml").write_text(
+        SMOKE.read_text().replace(cohort, f"{cohort}    models: [fmri_lstm]\n    overrides: {{mri_dropout: 0.5}}\n")
+    )
+    with pytest.raises(StudyError, match=r"cohorts\.paired\.overrides: 'mri_dropout' is not a key of fmri_lstm"):
+        load_study(tmp_path / "s.yaml")
+    (tmp_path / "t.yaml").write_text(SMOKE.read_text().replace("  epochs: 2", "  epochs: 2\n  mri_dropout: 0.5"))
+    assert load_study(tmp_path / "t.yaml").overrides["mri_dropout"] == 0.5  # the fused model of the study reads it
+
+
 def test_exponent_numbers_in_a_study_are_numbers(tmp_path):
     """PyYAML reads ``1e-3`` as text (YAML 1.1); a study reads it as the number a user means."""
     exponents = "overrides:\n  learning_rate: 1e-3\n  weight_decay: 5E-5"

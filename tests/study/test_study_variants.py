@@ -85,6 +85,12 @@ def test_a_variant_key_of_the_wrong_type_is_refused_naming_the_variant(tmp_path)
         load_variants(path)
 
 
+def test_a_variant_key_no_bundle_of_the_study_reads_is_refused(tmp_path):
+    path = _write(tmp_path, {"a": {}, "b": {"learing_rate": 0.01}}, reference="a")
+    with pytest.raises(StudyError, match=r"variants.b: 'learing_rate' is not a key of fmri_lstm"):
+        load_variants(path)
+
+
 def test_only_the_reference_variant_fits_the_baselines(tmp_path):
     path = _write(tmp_path, {"a": {}, "b": {"epochs": 3}}, reference="a")
     study = yaml.safe_load((tmp_path / "study.yaml").read_text())
