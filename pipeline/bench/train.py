@@ -12,9 +12,8 @@ its network. A setting's logits on a held-out batch are compared with those of t
 eager, torch's thread count; a setting counts as giving the same results when they agree within ``--tolerance``),
 and so are its class probabilities after the same training steps. Timed passes of all runs are interleaved, so load
 from elsewhere on the machine hits every run alike; the first step (with ``torch.compile``: the compilation) is
-timed on its own. FLOPs of one step (forward and backward) come from
-``torch.utils.flop_counter``; the reference is this machine's fp32 matrix-multiply rate, measured in the same run
-at the same thread count.
+timed on its own. FLOPs of one step (forward and backward) come from ``torch.utils.flop_counter``; the reference is
+this machine's fp32 matrix-multiply rate, measured in the same run at the same thread count.
 """
 
 from __future__ import annotations
