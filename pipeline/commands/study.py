@@ -7,6 +7,7 @@ import time
 from collections.abc import Sequence
 from pathlib import Path
 
+from pipeline.commands import positive_int
 from pipeline.errors import CommandError
 
 REPO_ROOT = Path(__file__).resolve().parents[2]
@@ -113,31 +114,27 @@ def cmd_demo(args: argparse.Namespace) -> int:
     out = Path(args.out)
     cohort = out / "cohort"
     started = time.perf_counter()
+    execution = _execution(args)
     if not (cohort / "manifest.csv").is_file():
         print(f"[1/3] synthesising the demo cohort (29 paired + {args.n_mri_only} MRI-only subjects) in {cohort}")
-        write_cohort(cohort, n_mri_only=args.n_mri_only, seed=args.seed, profile="demo", progress=True)
+        workers = 1 if execution.submitted else execution.at_once
+        write_cohort(cohort, n_mri_only=args.n_mri_only, seed=args.seed, profile="demo", workers=workers)
     else:
         print(f"[1/3] reusing the synthetic cohort in {cohort}")
     manifests = {"paired": str(cohort / "manifest_paired.csv"), "mri_only": str(cohort / "manifest_mri_only.csv")}
     study = with_repeats(load_study(args.study, manifests), args.repeats)
     print(f"[2/3] running {args.study} ({study.name}) into {out / 'study'}")
-    run_study(study, out / "study", progress=True, execution=_execution(args))
+    run_study(study, out / "study", progress=True, execution=execution)
     print("[3/3] summary (mean over folds and 95% CI; chance balanced accuracy 0.333):")
     _print_report(out / "study", args.bootstrap)
     print(f"demo finished in {(time.perf_counter() - started) / 60:.1f} min. The cohort is synthetic: see README.")
     return 0
 
 
-def _positive_int(text: str) -> int:
-    if not text.isdigit() or int(text) < 1:
-        raise argparse.ArgumentTypeError(f"expected a positive integer, got {text!r}")
-    return int(text)
-
-
 def _add_bootstrap(parser: argparse.ArgumentParser) -> None:
     parser.add_argument(
         "--bootstrap",
-        type=_positive_int,
+        type=positive_int,
         default=1000,
         metavar="N",
         help="subject-bootstrap resamples per model for the pooled-prediction CIs (default 1000; ~10 ms each)",
@@ -147,7 +144,7 @@ def _add_bootstrap(parser: argparse.ArgumentParser) -> None:
 def _add_repeats(parser: argparse.ArgumentParser) -> None:
     parser.add_argument(
         "--repeats",
-        type=_positive_int,
+        type=positive_int,
         metavar="R",
         help="repeats of the cross-validation, in place of the study's cv.repeats; a finished run re-run with more "
         "keeps its jobs and adds the new repeats'",
@@ -157,14 +154,14 @@ def _add_repeats(parser: argparse.ArgumentParser) -> None:
 def _add_jobs(parser: argparse.ArgumentParser) -> None:
     parser.add_argument(
         "--jobs",
-        type=_positive_int,
+        type=positive_int,
         metavar="N",
         help="fold jobs at once, each in its own process (default: the cores this process may use; 1 runs them in "
         "this process). With --executor slurm: the job array's parallelism (default: no limit)",
     )
     parser.add_argument(
         "--threads-per-job",
-        type=_positive_int,
+        type=positive_int,
         metavar="N",
         help="torch / OpenMP / MKL threads of each job (default: the cores divided by --jobs; --slurm-cpus on a "
         "cluster)",
@@ -182,12 +179,12 @@ def _add_cluster(parser: argparse.ArgumentParser) -> None:
         "'neurofusion[slurm]'), logs in RUN/logs/slurm/; local: the same submitit code path without Slurm",
     )
     parser.add_argument("--slurm-partition", metavar="P", help="Slurm partition (required with --executor slurm)")
-    parser.add_argument("--slurm-time", type=_positive_int, metavar="MIN", help="time limit of a job (default 60)")
+    parser.add_argument("--slurm-time", type=positive_int, metavar="MIN", help="time limit of a job (default 60)")
     parser.add_argument(
-        "--slurm-mem", type=_positive_int, metavar="GB", help="memory of a job (default: the partition's)"
+        "--slurm-mem", type=positive_int, metavar="GB", help="memory of a job (default: the partition's)"
     )
     parser.add_argument(
-        "--slurm-cpus", type=_positive_int, metavar="N", help="CPUs of a job (default: --threads-per-job, or 1)"
+        "--slurm-cpus", type=positive_int, metavar="N", help="CPUs of a job (default: --threads-per-job, or 1)"
     )
     parser.add_argument(
         "--no-wait",

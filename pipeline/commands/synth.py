@@ -4,8 +4,11 @@ from __future__ import annotations
 
 import argparse
 
+from pipeline.commands import positive_int
+
 
 def cmd_synth(args: argparse.Namespace) -> int:
+    from pipeline.study.executor import available_cores
     from pipeline.synth import write_cohort
 
     manifest = write_cohort(
@@ -19,6 +22,7 @@ def cmd_synth(args: argparse.Namespace) -> int:
         structural_effect=args.structural_effect,
         functional_effect=args.functional_effect,
         progress=not args.quiet,
+        workers=args.workers or available_cores(),
     )
     print(f"wrote synthetic BIDS cohort to {args.out}; manifest: {manifest}")
     return 0
@@ -41,5 +45,11 @@ def register(sub) -> None:
     p.add_argument("--profile", choices=["tiny", "demo", "full"], default="demo", help="resolution/length profile")
     p.add_argument("--structural-effect", type=float, default=1.0, help="scale of atrophy effects (0 = none)")
     p.add_argument("--functional-effect", type=float, default=1.0, help="scale of fMRI coupling effects (0 = none)")
+    p.add_argument(
+        "--workers",
+        type=positive_int,
+        metavar="N",
+        help="processes synthesising subjects at once (default: the cores; the cohort does not depend on it)",
+    )
     p.add_argument("--quiet", action="store_true", help="no progress bar")
     p.set_defaults(func=cmd_synth)

@@ -3,11 +3,14 @@
 from __future__ import annotations
 
 import csv
+import functools
 import json
 import math
+import multiprocessing
 import os
 import shutil
 import tempfile
+from concurrent.futures import ProcessPoolExecutor
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -215,6 +218,26 @@ def _prepare(profile: SynthProfile, paired: bool) -> None:
         pose_centre_mm()
 
 
+def _for_each_subject(synthesize, subjects: list[_Subject], profile: SynthProfile, workers: int):
+    """``synthesize(subject)`` of every subject, in order: here, or in ``workers`` spawned processes (each seeds
+    its subjects from their own indices, so the cohort is the same)."""
+    paired = any(subject.paired for subject in subjects)
+    if workers <= 1 or len(subjects) < 2:
+        _prepare(profile, paired)
+        yield from map(synthesize, subjects)
+        return
+    pool = ProcessPoolExecutor(
+        max_workers=min(workers, len(subjects)),
+        mp_context=multiprocessing.get_context("spawn"),
+        initializer=_prepare,
+        initargs=(profile, paired),
+    )
+    try:
+        yield from pool.map(synthesize, subjects, chunksize=4)
+    finally:  # a failure or Ctrl-C: the subjects not started yet are dropped
+        pool.shutdown(cancel_futures=True)
+
+
 def _check_destination(out: Path) -> None:
     if out.exists() and (not out.is_dir() or any(out.iterdir())):
         raise ValueError(f"{out}: output folder exists and is not empty; choose a new folder or remove it")
@@ -231,6 +254,7 @@ def write_cohort(
     structural_effect: float = 1.0,
     functional_effect: float = 1.0,
     progress: bool = True,
+    workers: int = 1,
 ) -> Path:
     """Write a synthetic BIDS cohort with manifests and return the path of ``manifest.csv``.
 
@@ -251,6 +275,7 @@ def write_cohort(
         structural_effect: multiplier of the MRI disease effects (atrophy, ventricles); 0 removes them.
         functional_effect: multiplier of the fMRI disease effects (DMN coupling loss); 0 removes them.
         progress: show a progress bar over subjects.
+        workers: processes synthesising subjects at once (the cohort does not depend on it).
 
     Raises:
         ValueError: bad arguments, or ``out_dir`` exists and is not empty.
@@ -264,14 +289,17 @@ def write_cohort(
     tmp = Path(tempfile.mkdtemp(prefix=f".{out.name}.", suffix=".partial", dir=out.parent))
     try:
         subjects = _plan(n_cn, n_mci, n_ad, n_mri_only)
-        _prepare(settings_profile, paired=n_cn + n_mci + n_ad > 0)
-        rows, truths = [], []
-        for subject in tqdm(subjects, desc="synth", unit="subject", disable=not progress):
-            row, truth = _synthesize_subject(
-                tmp, subject, int(seed), settings_profile, float(structural_effect), float(functional_effect)
-            )
-            rows.append(row)
-            truths.append(truth)
+        synthesize = functools.partial(
+            _synthesize_subject,
+            tmp,
+            seed=int(seed),
+            profile=settings_profile,
+            structural_effect=float(structural_effect),
+            functional_effect=float(functional_effect),
+        )
+        written = _for_each_subject(synthesize, subjects, settings_profile, workers)
+        bar = tqdm(written, total=len(subjects), desc="synth", unit="subject", disable=not progress)
+        rows, truths = map(list, zip(*bar))
         settings = {
             "profile": settings_profile.name,
             "seed": int(seed),

@@ -178,6 +178,15 @@ def test_adding_subjects_does_not_change_earlier_ones(cohort, tmp_path):
         assert np.array_equal(_data(bigger / t1), _data(cohort / t1))
 
 
+def test_worker_processes_write_the_same_cohort_as_one_process(cohort, tmp_path):
+    parallel = _write(tmp_path / "parallel", n_cn=2, n_mci=2, n_ad=2, n_mri_only=4, seed=3, workers=2).parent
+    for name in ("manifest.csv", "synth_truth.tsv", "participants.tsv"):
+        assert (parallel / name).read_text() == (cohort / name).read_text()
+    files = sorted(p.relative_to(cohort) for p in cohort.rglob("*.nii.gz"))
+    assert files == sorted(p.relative_to(parallel) for p in parallel.rglob("*.nii.gz"))
+    assert all(np.array_equal(_data(parallel / f), _data(cohort / f)) for f in files)
+
+
 def test_refuses_a_non_empty_output_folder(tmp_path):
     out = tmp_path / "taken"
     out.mkdir()
