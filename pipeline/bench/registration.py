@@ -59,10 +59,12 @@ def residual_mm(found: np.ndarray, planted: np.ndarray) -> float:
     return max(float(np.linalg.norm((found @ [*p, 1])[:3] - (planted @ [*p, 1])[:3])) for p in landmarks_mm())
 
 
-def _ants(level_mm: float, bias_correction: bool = True) -> Callable[[np.ndarray, np.ndarray], np.ndarray]:
+def _ants(level_mm: float, bias_correction: bool = True, **options) -> Callable[[np.ndarray, np.ndarray], np.ndarray]:
     from pipeline.transforms.registration import register_t1
 
-    return lambda array, affine: register_t1(array, affine, level_mm=level_mm, bias_correction=bias_correction).matrix
+    return lambda array, affine: (
+        register_t1(array, affine, level_mm=level_mm, bias_correction=bias_correction, **options).matrix
+    )
 
 
 def _simpleitk(level_mm: float) -> Callable[[np.ndarray, np.ndarray], np.ndarray] | None:
@@ -116,7 +118,10 @@ def _simpleitk(level_mm: float) -> Callable[[np.ndarray, np.ndarray], np.ndarray
 
 
 def _methods() -> dict[str, Callable]:
+    from pipeline.transforms.registration import AFFINE_ITERATIONS
+
     methods = {f"ANTs affine, N4, {level:g} mm": _ants(level) for level in (3.0, 4.0, 6.0)}
+    methods["ANTs affine to its last level, N4, 4 mm"] = _ants(4.0, affine_iterations=AFFINE_ITERATIONS)
     methods["ANTs affine, no N4, 4 mm"] = _ants(4.0, bias_correction=False)
     simpleitk = _simpleitk(4.0)
     if simpleitk is not None:
