@@ -8,12 +8,15 @@ pretraining stage) and an :class:`Execution` that says how:
   cores; one job at a time runs in this process. A progress bar counts finished items with an ETA. On Ctrl-C
   (``KeyboardInterrupt``) or a failed item, no new item starts; on Ctrl-C the workers are stopped, and every item
   that did not finish is handed to ``abandon`` once its worker is gone (the study runner removes its folder), so
-  nothing half-written stays. Inside :func:`worker_pool` consecutive calls reuse the same workers.
+  nothing half-written stays. Inside :func:`worker_pool` consecutive calls reuse the same workers. An item that
+  ``needs`` others starts once they have finished, so a worker never waits while another item could run (a
+  study's pretraining beside the fold jobs that do not start from it).
 - ``slurm`` (``pip install neurofusion[slurm]``): the items are submitted as one Slurm job array through submitit,
   logs under ``log_dir`` (``<array id>_<task>_log.{out,err}``); ``local`` runs the same code path through submitit's
   local executor (one process per item, no Slurm). Waits for the array unless ``wait`` is false; items that failed
   are listed with their log. Submitted jobs are recorded in ``log_dir/submitted.json``: a re-run waits for those
-  still queued or running instead of submitting them again, and submits the others.
+  still queued or running instead of submitting them again, and submits the others. Items that ``need`` others go in a
+  later array, submitted once the earlier one has finished.
 
 Results of the items are not returned: a job writes its own output (a study's ``done.json``).
 """
@@ -28,7 +31,7 @@ import pickle
 import signal
 import threading
 import time
-from collections.abc import Callable, Iterator, Sequence
+from collections.abc import Callable, Iterable, Iterator, Sequence
 from concurrent import futures
 from concurrent.futures.process import BrokenProcessPool
 from dataclasses import dataclass, field
@@ -144,6 +147,7 @@ def run_jobs(
     abandon: Callable[[T], None] | None = None,
     log_dir: Path | None = None,
     wait: bool | None = None,
+    needs: Callable[[T], Iterable[T]] | None = None,
 ) -> bool:
     """Run ``work(item)`` for every item as ``execution`` says (module docstring).
 
@@ -158,6 +162,7 @@ def run_jobs(
         abandon: called with each job that was stopped before it finished, once nothing runs it any more.
         log_dir: folder of the submitit logs and ``submitted.json`` (``slurm`` / ``local``; required there).
         wait: overrides ``execution.wait`` (a stage that later jobs need sets True).
+        needs: the items an item must wait for (only those among ``items`` count; then items must be hashable).
 
     Returns:
         True when every job finished; False when submitted jobs were left running (``wait`` false).
@@ -165,21 +170,41 @@ def run_jobs(
     Raises:
         Exception: the first failed job's error (local jobs); RuntimeError listing every failed job and its log
             (submitted jobs).
+        ValueError: items that need each other.
     """
     if not items:
         return True
+    waves = _waves(items, needs)
     bar = tqdm(total=len(items), desc=desc, unit=unit, disable=not progress, dynamic_ncols=True)
     with bar:
         if execution.submitted:
             if log_dir is None:
                 raise ValueError(f"{execution.executor} executor: no log folder given")
             wait = execution.wait if wait is None else wait
-            return _run_submitit(work, items, execution, bar, label, Path(log_dir), wait)
+            for wave in waves[:-1]:  # what later jobs need
+                _run_submitit(work, wave, execution, bar, label, Path(log_dir), wait=True)
+            return _run_submitit(work, waves[-1], execution, bar, label, Path(log_dir), wait)
         if execution.at_once == 1 or len(items) == 1:
-            _run_here(work, items, execution.threads, bar)
+            _run_here(work, [item for wave in waves for item in wave], execution.threads, bar)
         else:
-            _run_pool(work, items, execution, bar, label, abandon)
+            _run_pool(work, items, execution, bar, label, abandon, needs)
     return True
+
+
+def _waves(items: Sequence[T], needs: Callable[[T], Iterable[T]] | None) -> list[list[T]]:
+    """``items`` in the order their ``needs`` allow: first those that need none of them, then those that need only
+    those, and so on (each wave in the given order)."""
+    if needs is None:
+        return [list(items)]
+    listed, done, waves, left = set(items), set(), [], list(items)
+    while left:
+        wave = [item for item in left if all(n in done or n not in listed for n in needs(item))]
+        if not wave:
+            raise ValueError("jobs that need each other: " + ", ".join(map(str, left)))
+        done.update(wave)
+        waves.append(wave)
+        left = [item for item in left if item not in done]
+    return waves
 
 
 def _run_here(work: Callable[[T], Any], items: Sequence[T], threads: int, bar: tqdm) -> None:
@@ -218,10 +243,11 @@ def _exit_on_term(signum, frame) -> None:
     raise SystemExit(128 + signum)
 
 
-def _run_pool(work, items, execution: Execution, bar: tqdm, label, abandon) -> None:
-    """At most ``execution.at_once`` items in flight in spawned workers; a new one starts when one finishes."""
+def _run_pool(work, items, execution: Execution, bar: tqdm, label, abandon, needs=None) -> None:
+    """At most ``execution.at_once`` items in flight in spawned workers; when one finishes, the first item whose
+    ``needs`` have finished starts."""
     with thread_limit(execution.threads):  # the workers inherit the environment when they are spawned (first submit)
-        failure = _pool_loop(work, items, execution, bar, label, abandon)
+        failure = _pool_loop(work, items, execution, bar, label, abandon, needs)
     if failure is not None:
         raise failure
 
@@ -262,15 +288,23 @@ def _pool(execution: Execution) -> futures.ProcessPoolExecutor:
     )
 
 
-def _pool_loop(work, items, execution: Execution, bar: tqdm, label, abandon) -> BaseException | None:
+def _pool_loop(work, items, execution: Execution, bar: tqdm, label, abandon, needs=None) -> BaseException | None:
     """Run the items in a pool; returns the first failed job's error (the others are still run to their end)."""
-    pending, running = list(reversed(items)), {}
+    pending, running, finished = list(items), {}, []
+    listed = set(items) if needs is not None else set()
+
+    def ready(item) -> bool:
+        return needs is None or all(n in finished or n not in listed for n in needs(item))
+
     failure: BaseException | None = None
     pool = _pool(execution)
     try:
         while pending or running:
             while pending and failure is None and len(running) < execution.at_once:
-                item = pending.pop()
+                item = next((item for item in pending if ready(item)), None)
+                if item is None:  # the rest wait for running items
+                    break
+                pending.remove(item)
                 running[pool.submit(_keeping_causes, work, item)] = item
             if not running:
                 break
@@ -280,6 +314,7 @@ def _pool_loop(work, items, execution: Execution, bar: tqdm, label, abandon) -> 
                 error = future.exception()
                 if error is None:
                     bar.update()
+                    finished.append(item)
                 elif failure is None:
                     failure = _job_error(label(item), error)
                     if running:

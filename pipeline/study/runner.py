@@ -18,9 +18,10 @@ Layout of a run folder::
     RUN/figures/*.png                      written by :func:`pipeline.study.report.render`
 
 A job is finished when its ``done.json`` exists (written last, atomically); re-running skips finished jobs and
-redoes unfinished ones from scratch, so a killed job is never half-counted. The reference jobs (baselines, ceilings)
-follow the deep jobs, in the whole study's run or in shard 0's; the pretraining jobs of ``transfer`` precede them, in
-every shard that needs them.
+redoes unfinished ones from scratch, so a killed job is never half-counted. Once every T1 and BOLD run is registered,
+one pool of workers runs the rest: the pretraining jobs of ``transfer`` (in every shard that needs them), the
+reference jobs (baselines, ceilings; together, in shard 0) and the fold jobs, each fold job that starts from a
+pretrained encoder once that has finished.
 """
 
 from __future__ import annotations
@@ -400,9 +401,42 @@ def job_logs(out: Path, execution: Execution) -> Path:
     return Path(out) / "logs" / execution.executor
 
 
-def abandon_job(out: Path, job: Job) -> None:
+@dataclass(frozen=True)
+class ReferenceRun:
+    """A run's unfinished reference jobs (:mod:`pipeline.study.baselines`) as one job: they share the features they
+    compute."""
+
+    jobs: tuple[Job, ...]
+
+
+def run_item(study: Study, item, out: Path, plan: transfer.TransferPlan, shard: tuple[int, int]) -> None:
+    """One job of a study's pool: a pretraining, the reference jobs or a fold job."""
+    from pipeline.study import baselines
+
+    if isinstance(item, transfer.PretrainJob):
+        transfer.pretrain(study, out, plan, item, shard)
+    elif isinstance(item, ReferenceRun):
+        baselines.run_references(study, out, item.jobs, progress=False)
+    else:
+        run_job(study, item, out)
+
+
+def item_label(item) -> str:
+    """A pool job's name in messages: its folder in the run."""
+    return "baselines" if isinstance(item, ReferenceRun) else str(item.job_dir)
+
+
+def item_needs(study: Study, item) -> list:
+    """The pretraining a pool job starts from (none but for fold jobs with a transfer)."""
+    return transfer.needed(study, [item]) if isinstance(item, Job) else []
+
+
+def abandon_job(out: Path, job) -> None:
     """Remove the folder of a job stopped before it finished (no ``done.json``), so the next run starts it again."""
-    if not (out / job.job_dir / "done.json").exists():
+    if isinstance(job, ReferenceRun):
+        for reference in job.jobs:
+            abandon_job(out, reference)
+    elif not (out / job.job_dir / "done.json").exists():
         shutil.rmtree(out / job.job_dir, ignore_errors=True)
 
 
@@ -411,8 +445,8 @@ def run_study(
 ) -> list[Job]:
     """Run this shard's unfinished jobs of ``study`` into ``out``; returns the jobs still missing overall.
 
-    The reference jobs (:mod:`pipeline.study.baselines`) run after the deep jobs, all in one shard (the first), so
-    their features are computed once; with jobs submitted without waiting, a later run does them.
+    The reference jobs (:mod:`pipeline.study.baselines`) run as one job of the first shard, so their features are
+    computed once.
 
     Args:
         study: parsed study.
@@ -438,22 +472,22 @@ def run_study(
         prepare_folds(study, out, tables)
         transfer.write_records(transfers, out)
         mine = [job for job in shard_jobs(jobs, index, count) if not (out / job.job_dir / "done.json").exists()]
-        with worker_pool():  # the registration stage's workers run the fold jobs too
+        pretraining = [job for job in transfer.needed(study, mine) if not transfer.is_done(out, job)]
+        unfinished = [job for job in references if not (out / job.job_dir / "done.json").exists()]
+        reference_run = [ReferenceRun(tuple(unfinished))] if index == 0 and unfinished else []
+        with worker_pool():  # the registration stage's workers run the other jobs too
             register_subjects(study, out, execution, progress)
-            # stage 1: the encoders this shard's fold jobs start from; stage 2: the fold jobs
-            transfer.run_pretraining(study, out, transfers, transfer.needed(study, mine), (index, count), progress)
-            finished = run_jobs(
-                functools.partial(run_job, study, out=out),
-                costliest_first(mine, tables),
+            run_jobs(
+                functools.partial(run_item, study, out=out, plan=transfers, shard=(index, count)),
+                [*pretraining, *reference_run, *costliest_first(mine, tables)],
                 execution,
-                desc=f"{study.name} fold jobs",
+                desc=f"{study.name} jobs",
                 progress=progress,
-                label=lambda job: str(job.job_dir),
+                label=item_label,
                 abandon=functools.partial(abandon_job, out),
                 log_dir=job_logs(out, execution),
+                needs=functools.partial(item_needs, study),
             )
-        if index == 0 and finished:
-            baselines.run_references(study, out, references, progress)
     except Exception:
         if fresh and not finished_jobs(out):  # nothing of value: leave no partial run folder behind
             shutil.rmtree(out, ignore_errors=True)

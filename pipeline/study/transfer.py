@@ -31,7 +31,6 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 import pandas as pd
-from tqdm import tqdm
 
 from pipeline.data.manifest import (
     PATH_COLUMNS,
@@ -270,31 +269,22 @@ def is_done(out: Path, job: PretrainJob) -> bool:
     return (Path(out) / job.job_dir / "done.json").is_file()
 
 
-def run_pretraining(
-    study: Study,
-    out: Path,
-    plan: TransferPlan,
-    jobs: Sequence[PretrainJob],
-    shard: tuple[int, int] = (0, 1),
-    progress: bool = True,
-) -> None:
-    """The pretraining stage: train each of ``jobs`` that is not finished yet (before the fold jobs start from it).
+def pretrain(study: Study, out: Path, plan: TransferPlan, job: PretrainJob, shard: tuple[int, int] = (0, 1)) -> None:
+    """Train pretraining ``job`` (before the fold jobs that start from it) in this shard's private folder, then
+    rename that into place: shards that train the same job at once never share a folder.
 
     Args:
         study: the study.
         out: run folder.
         plan: :func:`plan_transfer` of the study.
-        jobs: pretraining jobs to make sure of (:func:`needed`).
+        job: the pretraining job.
         shard: ``(i, n)`` of this process (names its private training folder).
-        progress: progress bar.
     """
     from pipeline.study.runner import in_fresh_folder
 
-    todo = [job for job in jobs if not is_done(out, job)]
-    for job in tqdm(todo, desc=f"{study.name} pretraining", unit="job", disable=not progress):
-        work = Path(out) / PRETRAIN / f".{job.name}.shard-{shard[0]}-of-{shard[1]}"
-        in_fresh_folder(work, lambda job=job, work=work: _pretrain(study, Path(out), plan, job, work))
-        _publish(work, Path(out) / job.job_dir)
+    work = Path(out) / PRETRAIN / f".{job.name}.shard-{shard[0]}-of-{shard[1]}"
+    in_fresh_folder(work, lambda: _pretrain(study, Path(out), plan, job, work))
+    _publish(work, Path(out) / job.job_dir)
 
 
 def _pretrain(study: Study, out: Path, plan: TransferPlan, job: PretrainJob, work: Path) -> dict:

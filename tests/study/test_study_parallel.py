@@ -116,6 +116,58 @@ def test_stages_inside_worker_pool_share_its_workers_which_end_with_it(tmp_path)
     assert workers and executor._kept is None and not any(p.is_alive() for p in workers)
 
 
+def _timed(folder: str, name: str) -> None:
+    started = time.time()
+    time.sleep(2.0 if name == "long" else 0.2)
+    Path(folder, name).write_text(f"{started} {time.time()}")
+
+
+def _after_long(name: str) -> list[str]:
+    return ["long"] if name.startswith("needs") else []
+
+
+def _spans(folder: Path, names: list[str]) -> dict[str, tuple[float, float]]:
+    return {name: tuple(float(t) for t in (folder / name).read_text().split()) for name in names}
+
+
+def test_a_job_starts_once_what_it_needs_has_finished_and_the_other_worker_does_not_wait(tmp_path):
+    from pipeline.study.executor import run_jobs
+
+    names = ["long", "needs-long", "free-1", "free-2"]
+    work = functools.partial(_timed, str(tmp_path))
+    assert run_jobs(work, names, Execution(jobs=2, threads_per_job=1), progress=False, needs=_after_long)
+    spans = _spans(tmp_path, names)
+    assert spans["needs-long"][0] >= spans["long"][1]
+    assert spans["free-2"][1] <= spans["long"][1]  # both free jobs ran beside the long one
+
+
+def test_one_job_at_a_time_runs_what_is_needed_first_and_needs_in_a_circle_are_refused(tmp_path):
+    from pipeline.study.executor import run_jobs
+
+    order = []
+    assert run_jobs(order.append, ["needs-long", "long"], Execution(jobs=1), progress=False, needs=_after_long)
+    assert order == ["long", "needs-long"]
+    circle = {"a": ["b"], "b": ["a"]}
+    with pytest.raises(ValueError, match="need each other: a, b"):
+        run_jobs(order.append, ["a", "b"], Execution(jobs=2), progress=False, needs=circle.get)
+    assert order == ["long", "needs-long"]
+
+
+def test_submitit_submits_what_others_need_first_and_waits_for_it(tmp_path, monkeypatch):
+    pytest.importorskip("submitit")
+    from pipeline.study.executor import run_jobs
+
+    here = str(Path(__file__).parent)  # submitit's jobs unpickle this module's _timed
+    monkeypatch.setenv("PYTHONPATH", os.pathsep.join(filter(None, [here, os.environ.get("PYTHONPATH")])))
+
+    names = ["needs-long", "long", "free-1"]
+    work = functools.partial(_timed, str(tmp_path))
+    execution = Execution(executor="local")
+    assert run_jobs(work, names, execution, progress=False, needs=_after_long, log_dir=tmp_path / "logs")
+    spans = _spans(tmp_path, names)
+    assert spans["needs-long"][0] >= max(spans["long"][1], spans["free-1"][1])
+
+
 @pytest.mark.parametrize(
     ("flags", "message"),
     [
