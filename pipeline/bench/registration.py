@@ -121,7 +121,7 @@ def _methods() -> dict[str, Callable]:
     from pipeline.transforms.registration import AFFINE_ITERATIONS
 
     methods = {f"ANTs affine, N4, {level:g} mm": _ants(level) for level in (3.0, 4.0, 6.0)}
-    methods["ANTs affine to its last level, N4, 4 mm"] = _ants(4.0, affine_iterations=AFFINE_ITERATIONS)
+    methods["ANTs affine, all levels, N4, 4 mm"] = _ants(4.0, affine_iterations=AFFINE_ITERATIONS)
     methods["ANTs affine, no N4, 4 mm"] = _ants(4.0, bias_correction=False)
     simpleitk = _simpleitk(4.0)
     if simpleitk is not None:

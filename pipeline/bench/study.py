@@ -51,7 +51,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
         "--registration",
         choices=("affine", "none"),
         default="affine",
-        help="--subjects: the 3D CNN's mri_registration (default affine; none leaves out ~2 s a T1 and core)",
+        help="--subjects: the 3D CNN's mri_registration (default affine; none leaves out ~1 s a T1 and core)",
     )
 
 

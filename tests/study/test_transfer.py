@@ -245,6 +245,19 @@ def test_resumed_study_does_not_pretrain_again(transfer_run):
     assert done.stat().st_mtime_ns == before
 
 
+def test_pretraining_in_the_workers_beside_the_fold_jobs_gives_the_sequential_results(transfer_run, tmp_path):
+    study, sequential = transfer_run  # one job at a time, one thread (the suite's processes see one core)
+    out = tmp_path / "run"
+    assert main(["experiment", study, "--out", str(out), "--quiet", "--bootstrap", "20", "--jobs", "2",
+                 "--threads-per-job", "1"]) == 0  # fmt: skip
+    columns = ["cohort", "model", "transfer", "fold", "balanced_accuracy", "auc_ovr"]
+    results = [pd.read_csv(run / "results.csv").sort_values(columns[:4])[columns] for run in (sequential, out)]
+    pd.testing.assert_frame_equal(*(frame.reset_index(drop=True) for frame in results))
+    pretrained = _encoder(torch.load(out / "pretrain" / "source_mri_cnn3d" / "ckpt" / "model.pt"), "encoder.")
+    for job in out.glob("folds/paired/*/mri_cnn3d_aug-off_transfer-frozen_seed-0"):
+        assert _same(_encoder(torch.load(job / "ckpt" / "model.pt"), "encoder."), pretrained)
+
+
 def _with_shared_subjects(tiny_cohort, source_manifest, folder):
     """The source manifest plus the target's sub-001 under another case and sub-002's T1 under a new ID."""
     paired = read_manifest(tiny_cohort / "manifest_paired.csv")
