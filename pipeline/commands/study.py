@@ -137,7 +137,7 @@ def _add_bootstrap(parser: argparse.ArgumentParser) -> None:
         type=positive_int,
         default=1000,
         metavar="N",
-        help="subject-bootstrap resamples per model for the pooled-prediction CIs (default 1000; ~10 ms each)",
+        help="subject-bootstrap resamples per model for the pooled-prediction CIs (default 1000; about 0.3 ms each)",
     )
 
 
