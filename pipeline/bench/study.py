@@ -8,6 +8,8 @@ largest of that process and its workers, from ``getrusage``) are its own.
   cores divided by it, each into a fresh run folder. The T1 registrations are computed once beforehand and copied
   into each run, so every run times the same work. Each run's metrics are compared with the first's: equal for the
   same threads per job; another thread count rounds the 3D convolutions differently, which training may amplify.
+  Beside each run's wall time, its pool's stage (``plan.csv`` written to the last ``done.json``): what ``--jobs``
+  parallelises, without the command's start-up and report.
 - ``--subjects 100 300 1000``: one synthetic MRI-only cohort of the largest size, each smaller cohort its first
   subjects (classes balanced), each run through an MRI-only study of the 3D CNN (augmentation off, ``--folds`` folds
   of ``--epochs`` epochs): wall time, time per subject and peak memory per size.
@@ -58,9 +60,19 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 # Started by a small launcher: Linux carries a parent's peak RSS into a child it forks (exec records the old
 # address space's), so a child of this process would report at least this process's memory. The launcher's own
 # children report only theirs; it writes their peak (KiB), the largest of the command and its waited-for workers.
+# It is the subreaper of everything the command starts (Linux's PR_SET_CHILD_SUBREAPER), so the fork server of a
+# study's workers, which outlives the command for a moment and is never waited for by it, is waited for and counted.
 LAUNCHER = (
-    "import resource, subprocess, sys\n"
+    "import ctypes, os, resource, subprocess, sys\n"
+    "PR_SET_CHILD_SUBREAPER, libc = 36, ctypes.CDLL(None)\n"
+    "if hasattr(libc, 'prctl'):\n"
+    "    libc.prctl(PR_SET_CHILD_SUBREAPER, 1, 0, 0, 0)\n"
     "code = subprocess.call(sys.argv[2:])\n"
+    "while True:\n"
+    "    try:\n"
+    "        os.wait()\n"
+    "    except ChildProcessError:\n"
+    "        break\n"
     "open(sys.argv[1], 'w').write(str(resource.getrusage(resource.RUSAGE_CHILDREN).ru_maxrss))\n"
     "sys.exit(code)\n"
 )
@@ -101,6 +113,12 @@ def prepare_registrations(study_path: Path, cohorts: list[str], folder: Path) ->
     return registration_cache(folder)
 
 
+def job_stage_seconds(run: Path) -> float:
+    """Seconds from a run's ``plan.csv`` being written to its last ``done.json``: the stage of its pool of jobs."""
+    done = [path.stat().st_mtime for path in run.rglob("done.json")]
+    return max(done) - (run / "plan.csv").stat().st_mtime
+
+
 def compare_jobs(args: argparse.Namespace, out: Path) -> None:
     from pipeline.study.executor import available_cores
 
@@ -120,12 +138,18 @@ def compare_jobs(args: argparse.Namespace, out: Path) -> None:
         seconds, peak = measure(command, out / f"jobs-{jobs}.log")
         same = first is None or metrics(run).equals(metrics(first))
         first = first or run
-        rows.append((jobs, threads, seconds, peak, same))
-    base = rows[0][2]
+        rows.append((jobs, threads, seconds, job_stage_seconds(run), peak, same))
+    base, base_stage = rows[0][2:4]
     print(f"{study.name}, {cores} cores; registrations done beforehand (copied into each run)")
-    print(f"{'jobs':>4} {'threads/job':>11} {'wall s':>8} {'speed-up':>8} {'peak GiB':>8}  same metrics")
-    for jobs, threads, seconds, peak, same in rows:
-        print(f"{jobs:4d} {threads:>11} {seconds:8.1f} {base / seconds:7.2f}x {peak:8.2f}  {'yes' if same else 'no'}")
+    header = f"{'jobs':>4} {'threads/job':>11} {'wall s':>8} {'speed-up':>8} {'jobs s':>8} {'speed-up':>8}"
+    print(f"{header} {'peak GiB':>8}  same metrics")
+    for jobs, threads, seconds, stage, peak, same in rows:
+        speed_ups = f"{base / seconds:7.2f}x {stage:8.1f} {base_stage / stage:7.2f}x"
+        print(f"{jobs:4d} {threads:>11} {seconds:8.1f} {speed_ups} {peak:8.2f}  {'yes' if same else 'no'}")
+    print(
+        "jobs s: from the plan written to the last job done (the pool's stage); the rest of the wall time is the "
+        "command's start-up (imports, checks of the cohort) and the report, the same in each run"
+    )
     if len({threads for _, threads, *_ in rows}) > 1:
         print(
             "same metrics: against the first run. Runs with other threads per job round the 3D convolutions "

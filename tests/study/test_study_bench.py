@@ -11,18 +11,20 @@ import pytest
 from pipeline.bench.study import measure, nested_manifests
 from pipeline.errors import CommandError
 
-# a process that starts a worker holding ~400 MiB and waits for it, as a study's pool does
+# a process that starts a worker holding ~400 MiB and waits for it, as a study's pool does: spawned, or forked by
+# multiprocessing's fork server (which this process never waits for)
 WORKER = (
     "import multiprocessing as mp, numpy as np\n"
     "def hold():\n    a = np.ones(400 * 2**20 // 8); a += 1\n"
-    "if __name__ == '__main__':\n    p = mp.get_context('spawn').Process(target=hold); p.start(); p.join()\n"
+    "if __name__ == '__main__':\n    p = mp.get_context({method!r}).Process(target=hold); p.start(); p.join()\n"
     "    assert p.exitcode == 0\n"
 )
 
 
-def test_peak_memory_is_that_of_the_largest_process_including_its_workers(tmp_path):
+@pytest.mark.parametrize("method", ["spawn", "forkserver"])
+def test_peak_memory_is_that_of_the_largest_process_including_its_workers(method, tmp_path):
     ballast = np.ones(300 * 2**20 // 8)  # a child forked from this process would report at least this much
-    (tmp_path / "worker.py").write_text(WORKER)
+    (tmp_path / "worker.py").write_text(WORKER.format(method=method))
     _, alone = measure([sys.executable, "-c", "pass"], tmp_path / "alone.log")
     seconds, peak = measure([sys.executable, str(tmp_path / "worker.py")], tmp_path / "worker.log")
     assert seconds > 0 and alone < 0.2 < 0.39 < peak < 1.0 and ballast.sum() > 0

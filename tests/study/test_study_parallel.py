@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import functools
 import multiprocessing
 import os
@@ -204,6 +205,52 @@ def test_interrupted_parallel_run_leaves_no_half_job_and_resumes_to_the_sequenti
     assert len(list(out.glob("folds/*/*/*/done.json"))) < 4
     assert _experiment(study, out, "--jobs", "2", "--threads-per-job", "1") == 0
     pd.testing.assert_frame_equal(_metrics(out), _metrics(reference))
+
+
+def _descendants(pid: int) -> set[int]:
+    """The processes under ``pid``, from Linux's ``/proc``."""
+    children: dict[int, list[int]] = {}
+    for stat in Path("/proc").glob("[0-9]*/stat"):
+        with contextlib.suppress(OSError):
+            children.setdefault(int(stat.read_text().rsplit(")", 1)[1].split()[1]), []).append(int(stat.parent.name))
+    found, todo = set(), [pid]
+    while todo:
+        below = children.get(todo.pop(), [])
+        found.update(below)
+        todo.extend(below)
+    return found
+
+
+def _running(pid: int) -> bool:
+    """Whether ``pid`` runs (an exited process that nobody has reaped yet does not)."""
+    try:
+        return Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[0] != "Z"
+    except OSError:
+        return False
+
+
+@pytest.mark.skipif(not Path("/proc/self/stat").is_file(), reason="reads processes from Linux's /proc")
+def test_workers_of_a_command_killed_outright_stop_too(sequential, tmp_path):
+    study, reference = sequential
+    spec = yaml.safe_load(study.read_text())
+    spec["overrides"]["epochs"] = 200  # jobs that are still training when the command is killed
+    (tmp_path / "long.yaml").write_text(yaml.safe_dump(spec))
+    out = tmp_path / "run"
+    _copy_run(reference, out)
+    command = [sys.executable, "-m", "pipeline.cli", "experiment", str(tmp_path / "long.yaml"), "--out", str(out)]
+    process = subprocess.Popen([*command, "--quiet", "--jobs", "2", "--threads-per-job", "1"], cwd=REPO)
+    deadline = time.monotonic() + 120
+    while not any((d / "log.txt").exists() for d in _job_dirs(out)) and time.monotonic() < deadline:
+        time.sleep(0.2)
+    workers = _descendants(process.pid)  # the fork server and the two workers it forked
+    process.kill()  # as the out-of-memory killer would: no clean-up of its own
+    process.wait()
+    assert len(workers) >= 3 and not (out / "results.csv").exists()
+    deadline = time.monotonic() + 20  # the job unwinds; not the worker's last resort, an exit 30 s later
+    while any(map(_running, workers)) and time.monotonic() < deadline:
+        time.sleep(0.2)
+    assert not any(map(_running, workers))
+    assert all((d / "done.json").exists() for d in _job_dirs(out))  # the stopped jobs removed their folders
 
 
 def test_submitit_local_executor_logs_lists_failures_and_resubmits_them(sequential, tmp_path, capsys):
