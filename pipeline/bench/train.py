@@ -13,7 +13,8 @@ eager, torch's thread count; a setting counts as giving the same results when th
 and so are its class probabilities after the same training steps. Timed passes of all runs are interleaved, so load
 from elsewhere on the machine hits every run alike; the first step (with ``torch.compile``: the compilation) is
 timed on its own. FLOPs of one step (forward and backward) come from ``torch.utils.flop_counter``; the reference is
-this machine's fp32 matrix-multiply rate, measured in the same run at the same thread count.
+this machine's fp32 matrix-multiply rate, measured in the same run at the same thread count. ``--profile N`` lists
+the N operators that take most of the default setting's step (torch.profiler), where the time goes.
 """
 
 from __future__ import annotations
@@ -134,6 +135,14 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
         help="torch.compile without its on-disk caches, as the first training process on a machine compiles",
     )
     parser.add_argument("--device", help="cpu or cuda (default: cuda when available)")
+    parser.add_argument(
+        "--profile",
+        type=int,
+        default=0,
+        metavar="N",
+        help="also list the N operators that take most of the default setting's step at each thread count, with "
+        "their share of its CPU time (torch.profiler; default 0: none)",
+    )
 
 
 def to_grid(spec: str) -> Grid:
@@ -295,6 +304,18 @@ class Run:
             output = self.logits(inputs)
         self.network.train()
         return output if logits else torch.softmax(output, dim=1)
+
+
+def costliest_operators(run: Run, top: int) -> list[tuple[str, float]]:
+    """The ``top`` operators by their own CPU time in ``run``'s training steps (torch.profiler), each with its share
+    of the steps' CPU time."""
+    from torch.profiler import ProfilerActivity, profile
+
+    with profile(activities=[ProfilerActivity.CPU]) as profiled:
+        run.steps()
+    events = sorted(profiled.key_averages(), key=lambda event: event.self_cpu_time_total, reverse=True)
+    total = sum(event.self_cpu_time_total for event in events)
+    return [(event.key, event.self_cpu_time_total / total) for event in events[:top]]
 
 
 def step_flops(run: Run) -> int:
@@ -472,4 +493,8 @@ def run(args: argparse.Namespace) -> int:
     _legend(runs, first_shape, default_threads, args.cold_compile)
     if first_shape:
         _conclude(first_shape, seconds, first, logits, args.tolerance, reference)
+    for threads, run in sorted(reference.items()) if args.profile > 0 else ():
+        shares = ", ".join(f"{name} {share:.0%}" for name, share in costliest_operators(run, args.profile))
+        print(f"where the default step's CPU time goes at {threads} thread(s): {shares}")
+    torch.set_num_threads(default_threads)
     return 0

@@ -65,6 +65,17 @@ def test_bench_train_prints_throughput_flop_fraction_and_the_fastest_setting_wit
     )
 
 
+def test_bench_train_profile_lists_the_costliest_operators_of_the_default_step(capsys, keep_torch_threads):
+    torch.set_num_threads(1)
+    args = ["--what", "cnn", "--settings", "channels-last", "--grids", "16x16x16@9", "--batch-sizes", "2"]
+    assert main(["bench", "train", *args, "--steps", "1", "--repeats", "1", "--profile", "3"]) == 0
+    line = re.search(r"^where the default step's CPU time goes at 1 thread\(s\): (.+)$", capsys.readouterr().out, re.M)
+    operators = re.findall(r"(aten::\w+|[\w.#:]+) (\d+)%", line.group(1))
+    shares = [int(share) for _, share in operators]
+    assert len(operators) == 3 and shares == sorted(shares, reverse=True) and 0 < sum(shares) <= 100
+    assert any(name.startswith("aten::") and "conv" in name for name, _ in operators)
+
+
 def test_bench_train_refuses_a_grid_it_cannot_read(capsys):
     with pytest.raises(SystemExit):
         main(["bench", "train", "--grids", "16x16"])
