@@ -72,7 +72,8 @@ def test_every_bundle_trains_with_the_retained_allocator():
 
 
 def test_bench_malloc_compares_both_allocators_in_fresh_processes_with_identical_results(capsys):
-    assert main(["bench", "malloc", "--what", "cnn-paper", "--steps", "1", "--repeats", "1"]) == 0
+    # 3 steps: the first timed step alone can fault about as often with either allocator (a CI run: 7,129 vs 7,127)
+    assert main(["bench", "malloc", "--what", "cnn-paper", "--steps", "3", "--repeats", "1"]) == 0
     out = capsys.readouterr().out
     measured = r"([\d.]+) s +\d+% +(\d+)"
     row = re.search(rf"^3D CNN, paper grid +{measured} +{measured} +([\d.]+)x +(\w+)$", out, re.M)

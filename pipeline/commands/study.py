@@ -91,6 +91,10 @@ def cmd_experiment(args: argparse.Namespace) -> int:
 
 
 def cmd_variants(args: argparse.Namespace) -> int:
+    from pipeline.study.executor import Execution, start_worker_server
+
+    start_worker_server(Execution())  # the variants' studies run with the default execution
+
     from pipeline.study.variants import load_variants, markdown, run_variants, variant_table
 
     variants = load_variants(args.variants, _parse_cohort_overrides(args.cohort))
