@@ -60,8 +60,8 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 # Started by a small launcher: Linux carries a parent's peak RSS into a child it forks (exec records the old
 # address space's), so a child of this process would report at least this process's memory. The launcher's own
 # children report only theirs; it writes their peak (KiB), the largest of the command and its waited-for workers.
-# It is the subreaper of everything the command starts (Linux's PR_SET_CHILD_SUBREAPER), so the fork server of a
-# study's workers, which outlives the command for a moment and is never waited for by it, is waited for and counted.
+# It is also the subreaper of everything the command starts (Linux's PR_SET_CHILD_SUBREAPER): a descendant that the
+# command leaves without waiting for it (multiprocessing's fork server, say) is waited for and counted too.
 LAUNCHER = (
     "import ctypes, os, resource, subprocess, sys\n"
     "PR_SET_CHILD_SUBREAPER, libc = 36, ctypes.CDLL(None)\n"

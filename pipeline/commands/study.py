@@ -66,14 +66,10 @@ def _execution(args: argparse.Namespace):
 
 
 def cmd_experiment(args: argparse.Namespace) -> int:
-    from pipeline.study.executor import start_worker_server
-
-    execution = _execution(args)
-    start_worker_server(execution)  # its imports beside this process's own
-
     from pipeline.study.runner import run_study
     from pipeline.study.spec import load_study, with_repeats
 
+    execution = _execution(args)
     study = with_repeats(load_study(args.study, _parse_cohort_overrides(args.cohort)), args.repeats)
     missing = run_study(study, args.out, shard=args.shard, progress=not args.quiet, execution=execution)
     if missing and not execution.wait:
@@ -91,10 +87,6 @@ def cmd_experiment(args: argparse.Namespace) -> int:
 
 
 def cmd_variants(args: argparse.Namespace) -> int:
-    from pipeline.study.executor import Execution, start_worker_server
-
-    start_worker_server(Execution())  # the variants' studies run with the default execution
-
     from pipeline.study.variants import load_variants, markdown, run_variants, variant_table
 
     variants = load_variants(args.variants, _parse_cohort_overrides(args.cohort))
@@ -115,18 +107,14 @@ def cmd_report(args: argparse.Namespace) -> int:
 
 
 def cmd_demo(args: argparse.Namespace) -> int:
-    from pipeline.study.executor import start_worker_server
-
-    started = time.perf_counter()
-    execution = _execution(args)
-    start_worker_server(execution)  # its imports beside the synthesis
-
     from pipeline.study.runner import run_study
     from pipeline.study.spec import load_study, with_repeats
     from pipeline.synth import write_cohort
 
     out = Path(args.out)
     cohort = out / "cohort"
+    started = time.perf_counter()
+    execution = _execution(args)
     if not (cohort / "manifest.csv").is_file():
         print(f"[1/3] synthesising the demo cohort (29 paired + {args.n_mri_only} MRI-only subjects) in {cohort}")
         workers = 1 if execution.submitted else execution.at_once

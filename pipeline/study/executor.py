@@ -3,16 +3,14 @@
 :func:`run_jobs` takes any picklable ``work(item)`` and a list of items (a study's fold jobs, its T1s to register, a
 pretraining stage) and an :class:`Execution` that says how:
 
-- ``process`` (default): up to ``jobs`` items at once, each in a worker process whose torch / OpenMP / MKL / BLAS
-  thread count is ``threads_per_job`` (default: the cores divided by ``jobs``), so they do not oversubscribe the
-  cores; one job at a time runs in this process. The workers are forked from a server process that has imported
-  :data:`WORKER_MODULES` once (:func:`start_worker_server`), so a worker starts at once instead of importing torch,
-  MONAI and ANTs for seconds, and the workers share those modules' memory. A progress bar counts finished items
-  with an ETA. On Ctrl-C (``KeyboardInterrupt``) or a failed item, no new item starts; on Ctrl-C the workers are
-  stopped, and every item that did not finish is handed to ``abandon`` once its worker is gone (the study runner
-  removes its folder), so nothing half-written stays. Inside :func:`worker_pool` consecutive calls reuse the same
-  workers. An item that ``needs`` others starts once they have finished, so a worker never waits while another item
-  could run (a study's pretraining beside the fold jobs that do not start from it).
+- ``process`` (default): up to ``jobs`` items at once, each in a spawned worker process whose torch / OpenMP / MKL /
+  BLAS thread count is ``threads_per_job`` (default: the cores divided by ``jobs``), so they do not oversubscribe the
+  cores; one job at a time runs in this process. A progress bar counts finished items with an ETA. On Ctrl-C
+  (``KeyboardInterrupt``) or a failed item, no new item starts; on Ctrl-C the workers are stopped, and every item
+  that did not finish is handed to ``abandon`` once its worker is gone (the study runner removes its folder), so
+  nothing half-written stays. Inside :func:`worker_pool` consecutive calls reuse the same workers. An item that
+  ``needs`` others starts once they have finished, so a worker never waits while another item could run (a
+  study's pretraining beside the fold jobs that do not start from it).
 - ``slurm`` (``pip install neurofusion[slurm]``): the items are submitted as one Slurm job array through submitit,
   logs under ``log_dir`` (``<array id>_<task>_log.{out,err}``); ``local`` runs the same code path through submitit's
   local executor (one process per item, no Slurm). Waits for the array unless ``wait`` is false; items that failed
@@ -30,7 +28,6 @@ import json
 import logging
 import os
 import pickle
-import select
 import signal
 import sys
 import threading
@@ -55,14 +52,6 @@ THREAD_VARIABLES = ("OMP_NUM_THREADS", "MKL_NUM_THREADS", "OPENBLAS_NUM_THREADS"
 #: Slurm states of a job that may still run (``sacct``), so a re-run waits for it rather than submitting it again
 ACTIVE_STATES = {"PENDING", "RUNNING", "REQUEUED", "CONFIGURING", "COMPLETING", "SUSPENDED", "RESIZING"}
 SUBMITTED = "submitted.json"
-#: what the local workers run (a study's jobs, its registrations), imported once by the server that forks them
-WORKER_MODULES = (
-    "pipeline.study.runner",
-    "pipeline.study.baselines",
-    "pipeline.transforms.mri",
-    "pipeline.transforms.fmri",
-    "pipeline.networks",
-)
 
 
 def available_cores() -> int:
@@ -130,11 +119,12 @@ def set_threads(threads: int) -> None:
 
 
 @contextlib.contextmanager
-def _thread_variables(threads: int) -> Iterator[None]:
-    """:data:`THREAD_VARIABLES` at ``threads`` for the duration of the block (the processes it starts), then as
-    they were."""
-    saved = {name: os.environ.get(name) for name in THREAD_VARIABLES}
-    os.environ.update({name: str(threads) for name in THREAD_VARIABLES})
+def thread_limit(threads: int) -> Iterator[None]:
+    """:func:`set_threads` for the duration of the block, then the previous settings again."""
+    import torch
+
+    saved, torch_threads = {name: os.environ.get(name) for name in THREAD_VARIABLES}, torch.get_num_threads()
+    set_threads(threads)
     try:
         yield
     finally:
@@ -143,20 +133,7 @@ def _thread_variables(threads: int) -> Iterator[None]:
                 os.environ.pop(name, None)
             else:
                 os.environ[name] = value
-
-
-@contextlib.contextmanager
-def thread_limit(threads: int) -> Iterator[None]:
-    """:func:`set_threads` for the duration of the block, then the previous settings again."""
-    import torch
-
-    torch_threads = torch.get_num_threads()
-    with _thread_variables(threads):
-        torch.set_num_threads(threads)
-        try:
-            yield
-        finally:
-            torch.set_num_threads(torch_threads)
+        torch.set_num_threads(torch_threads)
 
 
 def run_jobs(
@@ -238,50 +215,29 @@ def _run_here(work: Callable[[T], Any], items: Sequence[T], threads: int, bar: t
             bar.update()
 
 
-def _start_worker(threads: int, environment: dict[str, str], owner: int) -> None:
-    """Initialiser of a pool worker: the environment of ``owner``, the process that made the pool (a worker forked
-    by the server would otherwise have the server's), its threads, and no reaction to Ctrl-C (the owner stops it
-    with SIGTERM, which unwinds the running job so its own clean-up runs). An owner killed outright (``kill -9``,
-    out of memory) cannot send it, so the worker sends itself that SIGTERM once the owner is gone, instead of
-    training on as an orphan that still holds the command's output pipes (see :func:`_terminate_with`)."""
-    from threadpoolctl import threadpool_limits
-
-    os.environ.clear()
-    os.environ.update(environment)
+def _start_worker(threads: int, parent: int) -> None:
+    """Initialiser of a pool worker: its threads, and no reaction to Ctrl-C (the parent stops it with SIGTERM,
+    which unwinds the running job so its own clean-up runs). A parent killed outright (``kill -9``, out of memory)
+    cannot send it, so the worker sends itself that SIGTERM when its parent is gone, instead of training on
+    as an orphan that still holds the command's output pipes (see :func:`_terminate_with_parent`)."""
     set_threads(threads)
-    threadpool_limits(threads)  # OpenBLAS and OpenMP read their variables when the server loaded them
     signal.signal(signal.SIGINT, signal.SIG_IGN)
     signal.signal(signal.SIGTERM, _exit_on_term)
-    _terminate_with(owner)
+    _terminate_with_parent(parent)
 
 
-def _terminate_with(owner: int, poll_seconds: float = 0.5, grace_seconds: float = 30.0) -> None:
-    """Watch process ``owner`` from a daemon thread; once it has ended, SIGTERM this process (its job unwinds and
-    cleans up) and, should that not end it within ``grace_seconds``, exit outright (an unfinished job is redone
-    anyway). The owner is not this process's parent (the fork server is, and outlives the owner while workers
-    hold it), so it is watched through a Linux pidfd, which reports its end even before its parent reaps it; where
-    there is none, by polling for its process id."""
-    try:
-        pidfd = os.pidfd_open(owner)
-    except (AttributeError, OSError):  # not Linux 5.3 or later
-        pidfd = None
-
-    def ended() -> None:
-        if pidfd is not None:
-            select.select([pidfd], [], [])
-            return
-        with contextlib.suppress(ProcessLookupError):
-            while True:
-                os.kill(owner, 0)
-                time.sleep(poll_seconds)
+def _terminate_with_parent(parent: int, poll_seconds: float = 0.5, grace_seconds: float = 30.0) -> None:
+    """Watch the parent from a daemon thread; once it is gone, SIGTERM this process (its job unwinds and cleans up)
+    and, should that not end it within ``grace_seconds``, exit outright (an unfinished job is redone anyway)."""
 
     def watch() -> None:
-        ended()
+        while os.getppid() == parent:
+            time.sleep(poll_seconds)
         os.kill(os.getpid(), signal.SIGTERM)
         time.sleep(grace_seconds)
         os._exit(128 + signal.SIGTERM)
 
-    threading.Thread(target=watch, name="owner-watch", daemon=True).start()
+    threading.Thread(target=watch, name="parent-watch", daemon=True).start()
 
 
 class _Terminated(SystemExit):
@@ -293,9 +249,9 @@ def _exit_on_term(signum, frame) -> None:
 
 
 def _run_pool(work, items, execution: Execution, bar: tqdm, label, abandon, needs=None) -> None:
-    """At most ``execution.at_once`` items in flight in worker processes; when one finishes, the first item whose
+    """At most ``execution.at_once`` items in flight in spawned workers; when one finishes, the first item whose
     ``needs`` have finished starts."""
-    with thread_limit(execution.threads):  # the workers take this environment (:func:`_start_worker`)
+    with thread_limit(execution.threads):  # the workers inherit the environment when they are spawned (first submit)
         failure = _pool_loop(work, items, execution, bar, label, abandon, needs)
     if failure is not None:
         raise failure
@@ -308,9 +264,9 @@ _kept: dict[tuple[int, int], futures.ProcessPoolExecutor] | None = None
 @contextlib.contextmanager
 def worker_pool() -> Iterator[None]:
     """Keep the local worker processes of every :func:`run_jobs` call in the block for the next call with the same
-    workers and threads (a study's registration and fold-job stages), shut down when the block ends: a worker
-    warms its caches (a bundle's first parse, a template) once instead of once a stage. A stage that fails or is
-    interrupted stops its workers; the next starts fresh ones."""
+    workers and threads (a study's registration and fold-job stages), shut down when the block ends: each spawned
+    worker imports torch, MONAI and ANTs once instead of once a stage. A stage that fails or is interrupted stops
+    its workers; the next starts fresh ones."""
     global _kept
     if _kept is not None:  # already inside one
         yield
@@ -325,39 +281,16 @@ def worker_pool() -> Iterator[None]:
 
 
 def _pool(execution: Execution) -> futures.ProcessPoolExecutor:
-    """A kept pool for ``execution`` (:func:`worker_pool`), or a new one; workers start as jobs need them."""
+    """A kept pool for ``execution`` (:func:`worker_pool`), or a new one; workers are spawned as jobs need them."""
+    import multiprocessing
+
     kept = _kept.pop((execution.at_once, execution.threads), None) if _kept is not None else None
     return kept or futures.ProcessPoolExecutor(
         max_workers=execution.at_once,
-        mp_context=_context(),
+        mp_context=multiprocessing.get_context("spawn"),
         initializer=_start_worker,
-        initargs=(execution.threads, dict(os.environ), os.getpid()),
+        initargs=(execution.threads, os.getpid()),
     )
-
-
-def _context():
-    """Where the local workers come from: multiprocessing's fork server, which imports :data:`WORKER_MODULES` when
-    it starts and forks a worker for each request (spawned processes where a platform has no fork server). The
-    server computes nothing, so forking it is safe; forking this process is not, once torch or ITK run threads."""
-    import multiprocessing
-
-    if "forkserver" not in multiprocessing.get_all_start_methods():
-        return multiprocessing.get_context("spawn")
-    context = multiprocessing.get_context("forkserver")
-    context.set_forkserver_preload(list(WORKER_MODULES))  # for a server not yet started
-    return context
-
-
-def start_worker_server(execution: Execution) -> None:
-    """Start the fork server of ``execution``'s local workers now, so that it imports :data:`WORKER_MODULES` while
-    this process does its own start-up, instead of once the first job is ready; a command calls it before its own
-    imports of torch and MONAI. Nothing to do for one job at a time, or jobs that are submitted."""
-    if execution.submitted or execution.at_once == 1 or _context().get_start_method() != "forkserver":
-        return
-    from multiprocessing import forkserver
-
-    with _thread_variables(execution.threads):  # what the server's OpenMP and BLAS start with
-        forkserver.ensure_running()
 
 
 def _pool_loop(work, items, execution: Execution, bar: tqdm, label, abandon, needs=None) -> BaseException | None:
@@ -548,13 +481,4 @@ def _run_submitit(work, items, execution: Execution, bar: tqdm, label, log_dir: 
     return True
 
 
-__all__ = [
-    "EXECUTORS",
-    "WORKER_MODULES",
-    "Execution",
-    "available_cores",
-    "run_jobs",
-    "set_threads",
-    "start_worker_server",
-    "thread_limit",
-]
+__all__ = ["EXECUTORS", "Execution", "available_cores", "run_jobs", "set_threads", "thread_limit"]

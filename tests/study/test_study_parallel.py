@@ -242,10 +242,10 @@ def test_workers_of_a_command_killed_outright_stop_too(sequential, tmp_path):
     deadline = time.monotonic() + 120
     while not any((d / "log.txt").exists() for d in _job_dirs(out)) and time.monotonic() < deadline:
         time.sleep(0.2)
-    workers = _descendants(process.pid)  # the fork server and the two workers it forked
+    workers = _descendants(process.pid)  # the two workers (and multiprocessing's resource tracker)
     process.kill()  # as the out-of-memory killer would: no clean-up of its own
     process.wait()
-    assert len(workers) >= 3 and not (out / "results.csv").exists()
+    assert len(workers) >= 2 and not (out / "results.csv").exists()
     deadline = time.monotonic() + 20  # the job unwinds; not the worker's last resort, an exit 30 s later
     while any(map(_running, workers)) and time.monotonic() < deadline:
         time.sleep(0.2)
