@@ -8,6 +8,8 @@ import torch
 from monai.networks.blocks import Convolution
 from torch import nn
 
+from pipeline.networks.vectorised import vectorise_backward
+
 
 class MRIEncoder3D(nn.Module):
     """Stacked 3D convolution blocks (conv - norm - PReLU, stride-2 downsampling), global average pooled to an
@@ -53,7 +55,7 @@ class MRIEncoder3D(nn.Module):
                 )
             )
             previous = width
-        self.features = nn.Sequential(*blocks)
+        self.features = vectorise_backward(nn.Sequential(*blocks))
         self.pool = nn.AdaptiveAvgPool3d(1)
         self.project = nn.Sequential(nn.Flatten(), nn.Dropout(dropout), nn.Linear(previous, embed_dim), nn.ReLU())
         self.embed_dim = embed_dim
