@@ -63,6 +63,9 @@ def test_training_step_matches_the_stock_modules(channels, two_threads):
             scale = expected[name].abs().max().item()  # sums of ~8,000 terms: rounding relative to the largest
             torch.testing.assert_close(found[name], expected[name], rtol=0, atol=1e-5 * scale, msg=name)
         assert found["grad input"].is_contiguous(memory_format=torch.channels_last_3d)
+        prelu_backward = found["output"].grad_fn  # the vectorised functions ran, not the stock kernels
+        assert type(prelu_backward).__name__ == "_PReLUFunctionBackward"
+        assert type(prelu_backward.next_functions[0][0]).__name__ == "_BatchNormFunctionBackward"
 
 
 def test_prelu_input_gradient_is_the_stock_one_to_the_bit():
