@@ -128,15 +128,17 @@ class BatchNorm3d(nn.BatchNorm3d):
         )
 
     def _vectorised_backward(self, input: torch.Tensor) -> bool:
+        # _eager_cpu_training first: under torch.compile it is False before torch.get_num_threads(), which dynamo
+        # cannot trace (a graph break, after which this module would run eagerly)
         return (
             self.training
             and self.track_running_stats
             and self.affine
+            and _eager_cpu_training(input, self.weight, self.bias)
             and input.dim() == 5
             and 1 < input.shape[1] < FALSE_SHARING_CHANNELS
             and input.is_contiguous(memory_format=torch.channels_last_3d)
             and torch.get_num_threads() > 1  # alone, PyTorch's kernel is faster (the whole step: 3-7% more samples/s)
-            and _eager_cpu_training(input, self.weight, self.bias)
         )
 
     def __prepare_scriptable__(self) -> nn.Module:
