@@ -19,6 +19,8 @@ from pathlib import Path
 import nibabel as nib
 import numpy as np
 
+from pipeline.commands import positive_int
+
 describe = (
     "T1 registration to MNI152: ANTs affine (N4, 3/4/6 mm levels) vs SimpleITK, seconds per subject on one thread "
     "and residual against the synthetic cohort's planted pose; N4's fitting levels against a bias planted on the "
@@ -36,7 +38,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument(
         "--what", nargs="+", choices=("pose", "bias"), default=["pose", "bias"], help="parts to run (default both)"
     )
-    parser.add_argument("--bias-seeds", type=int, default=4, help="planted fields per strength (default 4)")
+    parser.add_argument("--bias-seeds", type=positive_int, default=4, help="planted fields per strength (default 4)")
 
 
 def planted_template_to_subject(truth: Mapping) -> np.ndarray:
@@ -246,5 +248,5 @@ def run(args: argparse.Namespace) -> int:
     if "pose" in args.what:
         _pose_table(args)
     if "bias" in args.what:
-        _bias_table(max(1, args.bias_seeds))
+        _bias_table(args.bias_seeds)
     return 0
