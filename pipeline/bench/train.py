@@ -14,7 +14,10 @@ and so are its class probabilities after the same training steps. Timed passes o
 from elsewhere on the machine hits every run alike; the first step (with ``torch.compile``: the compilation) is
 timed on its own. FLOPs of one step (forward and backward) come from ``torch.utils.flop_counter``; the reference is
 this machine's fp32 matrix-multiply rate, measured in the same run at the same thread count. ``--profile N`` lists
-the N operators that take most of the default setting's step (torch.profiler), where the time goes.
+the N operators that take most of the default setting's step (torch.profiler), where the time goes;
+``--convolutions`` times each oneDNN convolution primitive of that step (its forward, data-gradient and
+weight-gradient passes of every layer, from oneDNN's verbose log) against the matmul rate, with the implementation
+oneDNN chose, and the fraction the step would reach were everything but its convolutions free.
 """
 
 from __future__ import annotations
@@ -23,7 +26,11 @@ import argparse
 import contextlib
 import dataclasses
 import math
+import os
 import re
+import sys
+import tempfile
+from collections.abc import Iterator
 from dataclasses import dataclass
 from typing import TYPE_CHECKING
 
@@ -142,6 +149,12 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
         metavar="N",
         help="also list the N operators that take most of the default setting's step at each thread count, with "
         "their share of its CPU time (torch.profiler; default 0: none)",
+    )
+    parser.add_argument(
+        "--convolutions",
+        action="store_true",
+        help="also time every oneDNN convolution primitive of the default setting's step at each thread count "
+        "(CPU): pass, layer, implementation, GFLOP/s and fraction of the matmul rate",
     )
 
 
@@ -316,6 +329,93 @@ def costliest_operators(run: Run, top: int) -> list[tuple[str, float]]:
     events = sorted(profiled.key_averages(), key=lambda event: event.self_cpu_time_total, reverse=True)
     total = sum(event.self_cpu_time_total for event in events)
     return [(event.key, event.self_cpu_time_total / total) for event in events[:top]]
+
+
+@dataclass(frozen=True)
+class Primitive:
+    """One oneDNN convolution primitive of a training step, as oneDNN's verbose log names it.
+
+    Args:
+        implementation: oneDNN's kernel (e.g. ``brg_conv_fwd:avx2``, ``x64:gemm:jit``: im2col and a GEMM).
+        kind: ``forward_training``, ``backward_data`` or ``backward_weights``.
+        problem: oneDNN's problem descriptor (``mb4_ic1oc8_id48od48kd3sd1dd0pd1_ih56...``).
+    """
+
+    implementation: str
+    kind: str
+    problem: str
+
+    @property
+    def sizes(self) -> dict[str, int]:
+        return {key: int(value) for key, value in re.findall(r"([a-z]+)(\d+)", self.problem)}
+
+    @property
+    def flops(self) -> int:
+        """Multiply-adds x 2 of the pass (each of the three passes of a layer does as many)."""
+        n = self.sizes
+        kernel, out = n["kd"] * n["kh"] * n["kw"], n["od"] * n["oh"] * n["ow"]
+        return 2 * n["mb"] * n["oc"] * (n["ic"] // n.get("g", 1)) * out * kernel
+
+    def __str__(self) -> str:
+        n = self.sizes
+        return f"{n['ic']}->{n['oc']} ch, {n['id']}x{n['ih']}x{n['iw']} stride {n['sd']}"
+
+
+@contextlib.contextmanager
+def _stdout_to(path: str) -> Iterator[None]:
+    """Send this process's file descriptor 1 (where oneDNN prints its log) to ``path`` for the block."""
+    import ctypes
+
+    flush = ctypes.CDLL(None).fflush  # C's stdio buffer, which oneDNN's printf fills
+    sys.stdout.flush()
+    saved = os.dup(1)
+    with open(path, "w") as log:
+        os.dup2(log.fileno(), 1)
+        try:
+            yield
+        finally:
+            flush(None)
+            os.dup2(saved, 1)
+            os.close(saved)
+
+
+def convolution_seconds(run: Run) -> dict[Primitive, float]:
+    """Seconds a training step of ``run`` spends in each oneDNN convolution primitive (mean over its steps), from
+    oneDNN's own timing of every execution in its verbose log."""
+    import torch
+
+    seconds: dict[Primitive, float] = {}
+    with tempfile.TemporaryDirectory() as folder:
+        log = os.path.join(folder, "onednn.log")
+        with _stdout_to(log), torch.backends.mkldnn.verbose(torch.backends.mkldnn.VERBOSE_ON):
+            run.steps()
+        for line in open(log):
+            fields = line.strip().split(",")
+            if len(fields) > 8 and fields[3] == "exec" and fields[5] == "convolution":
+                primitive = Primitive(fields[6], fields[7], fields[-2])
+                seconds[primitive] = seconds.get(primitive, 0.0) + float(fields[-1]) / 1e3 / len(run.batches)
+    return seconds
+
+
+def _print_convolutions(run: Run, peak: float) -> None:
+    """The convolution primitives of ``run``'s step against the matmul rate ``peak``, and what they bound."""
+    seconds = convolution_seconds(run)
+    if not seconds:
+        print(f"no oneDNN convolutions in the step of {run.case.setting} (oneDNN off or not the CPU)")
+        return
+    print(f"the default step's convolutions at {run.case.setting} (oneDNN's timing, mean of {len(run.batches)} steps):")
+    print(f"  {'pass':17} {'layer':34} {'implementation':22} {'ms':>7} {'GFLOP/s':>8} {'of matmul':>9}")
+    for primitive, spent in seconds.items():
+        rate = primitive.flops / spent
+        print(
+            f"  {primitive.kind:17} {primitive!s:34} {primitive.implementation:22} {spent * 1e3:7.2f} "
+            f"{rate / 1e9:8.1f} {rate / peak:9.1%}"
+        )
+    flops, spent = sum(p.flops for p in seconds), sum(seconds.values())
+    print(
+        f"  all: {flops / 1e9:.3g} GFLOP in {spent * 1e3:.1f} ms a step, {flops / spent / peak:.1%} of the matmul "
+        "rate: the most the step reaches were everything but its convolutions free"
+    )
 
 
 def step_flops(run: Run) -> int:
@@ -496,5 +596,7 @@ def run(args: argparse.Namespace) -> int:
     for threads, run in sorted(reference.items()) if args.profile > 0 else ():
         shares = ", ".join(f"{name} {share:.0%}" for name, share in costliest_operators(run, args.profile))
         print(f"where the default step's CPU time goes at {threads} thread(s): {shares}")
+    for threads, run in sorted(reference.items()) if args.convolutions else ():
+        _print_convolutions(run, peaks[threads])
     torch.set_num_threads(default_threads)
     return 0

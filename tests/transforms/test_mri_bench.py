@@ -76,6 +76,26 @@ def test_bench_train_profile_lists_the_costliest_operators_of_the_default_step(c
     assert any(name.startswith("aten::") and "conv" in name for name, _ in operators)
 
 
+def test_bench_train_times_every_convolution_pass_of_the_default_step_and_they_add_up_to_its_flops(
+    capsys, keep_torch_threads
+):
+    torch.set_num_threads(1)
+    args = ["--what", "cnn", "--settings", "channels-last", "--grids", "16x16x16@9", "--batch-sizes", "2"]
+    assert main(["bench", "train", *args, "--steps", "2", "--repeats", "1", "--convolutions"]) == 0
+    out = capsys.readouterr().out
+    step_gflop = float(re.search(r"^cnn +16x16x16@9 +2 +([\d.]+) 1 thread", out, re.M).group(1))
+    rows = re.findall(r"^  (forward_training|backward_data|backward_weights) +(\d+)->(\d+) ch, (\d+)x", out, re.M)
+    # four layers forward and weight gradient; no data gradient of the first (the image needs none)
+    passes = sorted((kind, int(i), int(o)) for kind, i, o, _ in rows)
+    layers = [(1, 8), (8, 16), (16, 32), (32, 64)]
+    expected = [("backward_data", *c) for c in layers[1:]] + [
+        (k, *c) for k in ("backward_weights", "forward_training") for c in layers
+    ]
+    assert passes == sorted(expected)
+    total = re.search(r"^  all: ([\d.]+) GFLOP in [\d.]+ ms a step, ([\d.]+)% of the matmul rate", out, re.M)
+    assert float(total.group(1)) == pytest.approx(step_gflop, rel=0.01) and 0 < float(total.group(2)) < 100
+
+
 def test_bench_train_refuses_a_grid_it_cannot_read(capsys):
     with pytest.raises(SystemExit):
         main(["bench", "train", "--grids", "16x16"])
