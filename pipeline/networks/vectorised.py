@@ -54,14 +54,23 @@ class _PReLUFunction(torch.autograd.Function):
         positive = torch.ops.aten.threshold_backward(grad, input, 0)  # grad where input > 0, else 0
         negative = grad - positive
         grad_weight = None
-        if ctx.needs_input_grad[1]:
-            grad_weight = (negative * input).sum().reshape(weight.shape)
-        grad_input = negative.mul_(weight).add_(positive) if ctx.needs_input_grad[0] else None
+        if ctx.needs_input_grad[1]:  # one pass over both, not a product written out and summed
+            grad_weight = torch.dot(*_in_memory_order(negative, input)).reshape(weight.shape)
+        grad_input = positive.add_(negative, alpha=weight.item()) if ctx.needs_input_grad[0] else None
         return grad_input, grad_weight
 
 
+def _in_memory_order(*tensors: torch.Tensor) -> list[torch.Tensor]:
+    """``tensors`` (of one shape) flattened in the same element order: the memory order of the last one, so that a
+    dense channels-last or contiguous tensor is viewed rather than copied."""
+    last = tensors[-1]
+    if last.dim() == 5 and not last.is_contiguous() and last.is_contiguous(memory_format=torch.channels_last_3d):
+        return [tensor.movedim(1, -1).reshape(-1) for tensor in tensors]
+    return [tensor.reshape(-1) for tensor in tensors]
+
+
 class PReLU(nn.PReLU):
-    """``nn.PReLU`` (one shared slope) whose CPU backward is two passes of vectorised arithmetic, not a branch."""
+    """``nn.PReLU`` (one shared slope) whose CPU backward is a few passes of vectorised arithmetic, not a branch."""
 
     def forward(self, input: torch.Tensor) -> torch.Tensor:
         if self.num_parameters == 1 and _eager_cpu_training(input, self.weight):

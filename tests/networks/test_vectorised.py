@@ -78,6 +78,16 @@ def test_prelu_input_gradient_is_the_stock_one_to_the_bit():
     torch.testing.assert_close(found["grad weight"], expected["grad weight"], rtol=1e-6, atol=0)  # another sum order
 
 
+@pytest.mark.parametrize("grad_layout", [torch.contiguous_format, torch.channels_last_3d])
+def test_prelu_slope_gradient_pairs_the_elements_whatever_the_layouts(grad_layout):
+    torch.manual_seed(1)
+    image = torch.randn(2, 8, 6, 7, 5).contiguous(memory_format=torch.channels_last_3d)
+    grad = torch.randn(image.shape).contiguous(memory_format=grad_layout)
+    expected, found = _train_step(nn.PReLU(), image, grad), _train_step(PReLU(), image, grad)
+    assert torch.equal(found["grad input"], expected["grad input"])
+    torch.testing.assert_close(found["grad weight"], expected["grad weight"], rtol=1e-5, atol=0)  # ~1,700 products
+
+
 def test_batch_norm_takes_the_vectorised_backward_only_where_it_applies(two_threads):
     layer = BatchNorm3d(8)
     channels_last = torch.randn(2, 8, 4, 4, 4).contiguous(memory_format=torch.channels_last_3d)
