@@ -46,6 +46,11 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     )
     parser.add_argument("--cohort", action="append", default=[], metavar="NAME=MANIFEST", help="as for experiment")
     parser.add_argument("--jobs", type=int, nargs="+", help="--jobs values to compare (default: 1 and the cores)")
+    parser.add_argument(
+        "--repeats",
+        type=int,
+        help="--jobs: repeats of the study's cross-validation, as experiment's --repeats (more jobs of the same size)",
+    )
     parser.add_argument("--subjects", type=int, nargs="+", help="cohort sizes to scale over instead, e.g. 100 300 1000")
     parser.add_argument("--folds", type=int, default=5, help="--subjects: folds (default 5)")
     parser.add_argument("--epochs", type=int, default=2, help="--subjects: epochs (default 2)")
@@ -127,6 +132,7 @@ def compare_jobs(args: argparse.Namespace, out: Path) -> None:
         cohorts = [f"paired={tiny_cohort(out / 'cohort')}"]
     cores = available_cores()
     settings = args.jobs or sorted({1, cores})
+    repeats = ["--repeats", str(args.repeats)] if args.repeats else []
     cache = prepare_registrations(study, cohorts, out / "registrations")
     rows, first = [], None
     for jobs in settings:
@@ -134,13 +140,14 @@ def compare_jobs(args: argparse.Namespace, out: Path) -> None:
         shutil.rmtree(run, ignore_errors=True)
         shutil.copytree(cache, run / cache.relative_to(out / "registrations"))
         threads = str(max(1, cores // jobs))
-        command = experiment(study, run, cohorts, "--jobs", str(jobs), "--threads-per-job", threads)
+        command = experiment(study, run, cohorts, "--jobs", str(jobs), "--threads-per-job", threads, *repeats)
         seconds, peak = measure(command, out / f"jobs-{jobs}.log")
         same = first is None or metrics(run).equals(metrics(first))
         first = first or run
         rows.append((jobs, threads, seconds, job_stage_seconds(run), peak, same))
     base, base_stage = rows[0][2:4]
-    print(f"{study.name}, {cores} cores; registrations done beforehand (copied into each run)")
+    jobs_run = len(metrics(first))
+    print(f"{study.name}, {jobs_run} fold jobs, {cores} cores; registrations done beforehand (copied into each run)")
     header = f"{'jobs':>4} {'threads/job':>11} {'wall s':>8} {'speed-up':>8} {'jobs s':>8} {'speed-up':>8}"
     print(f"{header} {'peak GiB':>8}  same metrics")
     for jobs, threads, seconds, stage, peak, same in rows:
