@@ -146,7 +146,7 @@ def compare_jobs(args: argparse.Namespace, out: Path) -> None:
         first = first or run
         rows.append((jobs, threads, seconds, job_stage_seconds(run), peak, same))
     base, base_stage = rows[0][2:4]
-    jobs_run = len(metrics(first))
+    jobs_run = len(pd.read_csv(first / "plan.csv"))
     print(f"{study.name}, {jobs_run} fold jobs, {cores} cores; registrations done beforehand (copied into each run)")
     header = f"{'jobs':>4} {'threads/job':>11} {'wall s':>8} {'speed-up':>8} {'jobs s':>8} {'speed-up':>8}"
     print(f"{header} {'peak GiB':>8}  same metrics")
