@@ -9,7 +9,8 @@ largest of that process and its workers, from ``getrusage``) are its own.
   into each run, so every run times the same work. Each run's metrics are compared with the first's: equal for the
   same threads per job; another thread count rounds the 3D convolutions differently, which training may amplify.
   Beside each run's wall time, its pool's stage (``plan.csv`` written to the last ``done.json``): what ``--jobs``
-  parallelises, without the command's start-up and report.
+  parallelises, without the command's start-up and report. ``--repeats R``: R repeats of the study's
+  cross-validation in every run, a study of more jobs of the same size (experiment's ``--repeats``).
 - ``--subjects 100 300 1000``: one synthetic MRI-only cohort of the largest size, each smaller cohort its first
   subjects (classes balanced), each run through an MRI-only study of the 3D CNN (augmentation off, ``--folds`` folds
   of ``--epochs`` epochs): wall time, time per subject and peak memory per size.
